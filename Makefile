@@ -1,0 +1,87 @@
+# batchvirt.farm — the two commands that matter: `make demo` and `make test`.
+# `make help` lists the rest.
+
+SHELL        := /bin/bash
+PYTHON       ?= python3
+VENV         := .venv
+BIN          := $(VENV)/bin
+COLLECTIONS  := $(CURDIR)/build/collections
+LINK         := $(COLLECTIONS)/ansible_collections/batchvirt/farm
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
+export ANSIBLE_NOCOLOR ?= 1
+export ANSIBLE_FORCE_COLOR ?= 0
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv deps link lint ruff mypy yamllint ansible-lint sanity unit check build \
+        integration molecule test quick demo bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(BIN)/.stamp: requirements.txt requirements-test.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-test.txt -c constraints.txt
+	touch $@
+
+venv: $(BIN)/.stamp ## create the Python venv (.venv) with every tool
+
+deps: venv ## install system packages from bindep.txt (apt, needs root)
+	scripts/install-deps.sh
+
+link: ## expose the repository as ansible_collections/batchvirt/farm under build/
+	@mkdir -p $(dir $(LINK)) && ln -sfn $(CURDIR) $(LINK)
+
+ruff: venv
+	$(BIN)/ruff check plugins tests bench
+	$(BIN)/ruff format --check plugins tests bench
+
+mypy: venv link
+	cd $(COLLECTIONS) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
+	  -p ansible_collections.batchvirt.farm.plugins
+
+yamllint: venv
+	$(BIN)/yamllint -s .
+
+ansible-lint: venv link
+	$(BIN)/ansible-lint --offline -q
+
+lint: ruff mypy yamllint ansible-lint ## ruff, mypy, yamllint, ansible-lint (profile production)
+
+sanity: venv ## ansible-test sanity on a copy under build/sanity/ansible_collections/
+	scripts/sanity.sh
+
+unit: venv link ## unit tests
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+check: lint sanity unit ## the fast loop: lint, sanity, unit
+
+build: venv ## ansible-galaxy collection build, then install into build/install
+	rm -rf build/dist build/install
+	$(BIN)/ansible-galaxy collection build --output-path build/dist --force .
+	$(BIN)/ansible-galaxy collection install --offline -p build/install build/dist/batchvirt-farm-*.tar.gz
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install $(BIN)/ansible-doc -l batchvirt.farm
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install $(BIN)/ansible-doc -t inventory -l batchvirt.farm
+
+integration: venv link ## integration tests against real daemons (libvirtd, Slurm, HTTP, tracker)
+	$(BIN)/pytest tests/integration -v --timeout=1800 -p no:cacheprovider $(PYTEST_ARGS)
+
+molecule: venv link ## every molecule scenario under molecule/
+	scripts/molecule.sh
+
+test: ## everything CI runs: deps, venv, lint, sanity, unit, build, integration, molecule
+	@STOP_ON_FAIL="deps venv" scripts/steps.sh venv deps lint sanity unit build integration molecule
+
+quick: ## lint and unit tests only (seconds)
+	@scripts/steps.sh ruff mypy yamllint unit
+
+demo: venv deps link ## set up localhost as a one-hypervisor farm and show it
+	$(BIN)/ansible-playbook -i playbooks/inventory/localhost.yml playbooks/demo.yml
+
+bench: venv deps link ## run every benchmark under bench/ (each prints a JSON line)
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean: ## remove build output (keeps the venv)
+	rm -rf build tests/output .mypy_cache .pytest_cache .ruff_cache

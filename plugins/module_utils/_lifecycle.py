@@ -1,0 +1,105 @@
+# Copyright (c) batchvirt.farm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to batchvirt.farm: the slot lifecycle model (one source of truth).
+
+The lifecycle state of a slot is *derived*, never stored: from the slot metadata, the
+clock, the domain's run state and, when known, the batch system's view of the node.
+Modules, the inventory plugin and plays all call :func:`compute_lifecycle`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Optional
+
+STOPPED = "stopped"
+EXPIRED = "expired"
+DRAINED = "drained"
+DRAINING = "draining"
+PROVISIONING = "provisioning"
+EXPIRING = "expiring"
+ACTIVE = "active"
+
+# In priority order: the first state whose condition holds wins.
+STATES = (STOPPED, EXPIRED, DRAINED, DRAINING, PROVISIONING, EXPIRING, ACTIVE)
+
+# States in which a slot accepts new jobs (AWX's enabled_var is true only for these
+# and for provisioning, which will accept jobs once registered).
+ACCEPTING_STATES = frozenset((ACTIVE, EXPIRING))
+ENABLED_STATES = frozenset((ACTIVE, EXPIRING, PROVISIONING))
+
+DEFAULT_EXPIRING_WINDOW = 7200  # seconds: drain_at within 2 h makes a slot "expiring"
+DEFAULT_BOOT_GRACE = 900  # seconds after created_at a slot may take to register
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """What the batch system says of one node (from one bulk query per refresh).
+
+    ``registered``: the node is known to the batch system and up (not down/unknown/future).
+    ``drain``: the batch system has the node draining or drained (whoever asked for it).
+    ``jobs``: number of jobs running on the node.
+    """
+
+    registered: bool
+    drain: bool = False
+    jobs: int = 0
+    state: str = ""
+
+
+@dataclass(frozen=True)
+class LifecycleTimes:
+    """The parts of a slot's metadata the lifecycle depends on."""
+
+    created_at: datetime.datetime
+    drain_at: datetime.datetime
+    deadline: datetime.datetime
+    drain_requested: bool = False
+
+
+def utcnow() -> datetime.datetime:
+    """The current time, timezone-aware UTC (the clock every caller injects)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def compute_lifecycle(
+    times: LifecycleTimes,
+    now: datetime.datetime,
+    running: bool,
+    batch: Optional[BatchView] = None,
+    expiring_window: float = DEFAULT_EXPIRING_WINDOW,
+    boot_grace: float = DEFAULT_BOOT_GRACE,
+) -> str:
+    """Derive a slot's lifecycle state (see the table in docs/slots.md).
+
+    Without a batch view the model is conservative: a slot whose drain has started is
+    ``draining`` (never ``drained``, since nobody has seen that no job runs there), and a
+    running slot is ``provisioning`` within ``boot_grace`` seconds of its creation.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    if not running:
+        return STOPPED
+    if now >= times.deadline:
+        return EXPIRED
+    drain_started = times.drain_requested or now >= times.drain_at or (batch is not None and batch.drain)
+    if drain_started:
+        if batch is not None and batch.jobs == 0:
+            return DRAINED
+        return DRAINING
+    if batch is not None:
+        if not batch.registered:
+            return PROVISIONING
+    elif (now - times.created_at).total_seconds() < boot_grace:
+        return PROVISIONING
+    if (times.drain_at - now).total_seconds() <= expiring_window:
+        return EXPIRING
+    return ACTIVE
+
+
+def seconds_to_drain(times: LifecycleTimes, now: datetime.datetime) -> int:
+    """Whole seconds until ``drain_at`` (0 once it has passed or a drain was requested)."""
+    if times.drain_requested:
+        return 0
+    return max(0, int((times.drain_at - now).total_seconds()))

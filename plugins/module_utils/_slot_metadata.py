@@ -1,0 +1,279 @@
+# Copyright (c) batchvirt.farm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to batchvirt.farm: the slot metadata schema, read and written in one place.
+
+A slot's metadata lives in its libvirt domain, in a ``<metadata>`` child element of the
+collection's own versioned XML namespace :data:`NAMESPACE`. The ``slot`` module writes it;
+the inventory plugin and every other module read it through :func:`from_xml`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Optional
+
+from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
+    BatchView,
+    LifecycleTimes,
+    compute_lifecycle,
+    seconds_to_drain,
+)
+
+SCHEMA_VERSION = 1
+NAMESPACE = "http://batchvirt.farm/xmlns/slot/1"
+PREFIX = "farm"  # the key libvirt stores the element under
+_NS = f"{{{NAMESPACE}}}"
+
+
+class SlotMetadataError(ValueError):
+    """Slot metadata that cannot be read or would be invalid; the message names the field."""
+
+    def __init__(self, message: str, field_name: str = "") -> None:
+        super().__init__(message)
+        self.field_name = field_name
+
+
+def format_time(value: datetime.datetime) -> str:
+    """UTC ISO-8601 with a ``Z`` suffix and whole seconds."""
+    if value.tzinfo is None:
+        raise SlotMetadataError("times must be timezone-aware UTC", "time")
+    return value.astimezone(datetime.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str, field_name: str = "time") -> datetime.datetime:
+    """Parse UTC ISO-8601 (``Z`` or an explicit offset); naive values are taken as UTC."""
+    text = (value or "").strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise SlotMetadataError(
+            f"{field_name}: {value!r} is not an ISO-8601 time such as 2026-11-21T06:00:00Z", field_name
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.astimezone(datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class SlotMetadata:
+    """Everything the collection records about one slot in its domain."""
+
+    name: str
+    hypervisor: str
+    image_identifier: str
+    image_version: str
+    created_at: datetime.datetime
+    drain_at: datetime.datetime
+    deadline: datetime.datetime
+    image_sha512: str = ""
+    worker_type: str = ""
+    drain_requested: bool = False
+    drain_reason: str = ""
+    drain_requested_at: Optional[datetime.datetime] = None
+    batch_system: str = "slurm"
+    batch_node: str = ""
+    network_mode: str = ""
+    address: str = ""
+    mac: str = ""
+    ssh_host: str = ""
+    ssh_port: int = 0
+    ssh_user: str = ""
+    extra: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("name", "hypervisor", "image_identifier", "image_version"):
+            if not getattr(self, name):
+                raise SlotMetadataError(f"slot metadata: {name} is required", name)
+        if self.drain_at <= self.created_at:
+            raise SlotMetadataError("slot metadata: drain_at must be after created_at (lifetime > 0)", "drain_at")
+        if self.deadline < self.drain_at:
+            raise SlotMetadataError("slot metadata: deadline must not be before drain_at", "deadline")
+
+    @property
+    def node_name(self) -> str:
+        """The node name in the batch system (the slot name unless set otherwise)."""
+        return self.batch_node or self.name
+
+    @property
+    def times(self) -> LifecycleTimes:
+        return LifecycleTimes(self.created_at, self.drain_at, self.deadline, self.drain_requested)
+
+    def lifecycle(self, now: datetime.datetime, running: bool, batch: Optional[BatchView] = None, **kwargs: Any) -> str:
+        return compute_lifecycle(self.times, now, running, batch, **kwargs)
+
+    def seconds_to_drain(self, now: datetime.datetime) -> int:
+        return seconds_to_drain(self.times, now)
+
+    def request_drain(self, reason: str, now: datetime.datetime) -> SlotMetadata:
+        """A copy with an operator drain request (the first request's time is kept)."""
+        return replace(
+            self,
+            drain_requested=True,
+            drain_reason=reason,
+            drain_requested_at=self.drain_requested_at if self.drain_requested else now,
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data for module results and inventory variables (times as ISO strings)."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "name": self.name,
+            "hypervisor": self.hypervisor,
+            "worker_type": self.worker_type,
+            "image": {
+                "identifier": self.image_identifier,
+                "version": self.image_version,
+                "sha512": self.image_sha512,
+            },
+            "created_at": format_time(self.created_at),
+            "drain_at": format_time(self.drain_at),
+            "deadline": format_time(self.deadline),
+            "drain": {
+                "requested": self.drain_requested,
+                "reason": self.drain_reason,
+                "requested_at": format_time(self.drain_requested_at) if self.drain_requested_at else None,
+            },
+            "batch": {"system": self.batch_system, "node": self.node_name},
+            "network": {"mode": self.network_mode, "address": self.address, "mac": self.mac},
+            "ssh": {"host": self.ssh_host, "port": self.ssh_port, "user": self.ssh_user},
+            "extra": dict(self.extra),
+        }
+
+
+def plan_lifetime(
+    name: str,
+    created_at: datetime.datetime,
+    lifetime: int,
+    walltime: int,
+    spread: int = 0,
+) -> tuple[datetime.datetime, datetime.datetime]:
+    """Return ``(drain_at, deadline)`` for a new slot.
+
+    ``drain_at`` is ``created_at + lifetime`` brought forward by a share of ``spread`` that is
+    derived from the slot name (stable across reruns, different between slots, so a farm
+    does not drain all at once); ``deadline`` is ``drain_at + walltime``.
+    """
+    if lifetime <= 0:
+        raise SlotMetadataError(f"lifetime must be a positive number of seconds, got {lifetime!r}", "lifetime")
+    if walltime < 0:
+        raise SlotMetadataError(f"max_job_walltime must be zero or more seconds, got {walltime!r}", "max_job_walltime")
+    if spread < 0 or spread >= lifetime:
+        raise SlotMetadataError(
+            "lifetime_spread must be at least 0 and less than lifetime (%d), got %r" % (lifetime, spread),
+            "lifetime_spread",
+        )
+    share = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big") / 2**32
+    drain_at = created_at + datetime.timedelta(seconds=lifetime - int(share * spread))
+    return drain_at, drain_at + datetime.timedelta(seconds=walltime)
+
+
+def _sub(parent: ET.Element, tag: str, text: Optional[str] = None, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, _NS + tag, {k: v for k, v in attrs.items() if v not in (None, "")})
+    if text is not None:
+        element.text = text
+    return element
+
+
+def to_xml(meta: SlotMetadata) -> str:
+    """Serialise to the ``<farm:slot>`` element libvirt keeps under ``<metadata>``."""
+    ET.register_namespace(PREFIX, NAMESPACE)
+    root = ET.Element(_NS + "slot", {"schema": str(SCHEMA_VERSION)})
+    _sub(root, "name", meta.name)
+    _sub(root, "hypervisor", meta.hypervisor)
+    if meta.worker_type:
+        _sub(root, "worker_type", meta.worker_type)
+    _sub(root, "image", identifier=meta.image_identifier, version=meta.image_version, sha512=meta.image_sha512)
+    _sub(root, "created_at", format_time(meta.created_at))
+    _sub(root, "drain_at", format_time(meta.drain_at))
+    _sub(root, "deadline", format_time(meta.deadline))
+    if meta.drain_requested:
+        at = format_time(meta.drain_requested_at) if meta.drain_requested_at else ""
+        _sub(root, "drain", meta.drain_reason, requested="true", at=at)
+    _sub(root, "batch", system=meta.batch_system, node=meta.batch_node)
+    if meta.network_mode or meta.address or meta.mac:
+        _sub(root, "network", mode=meta.network_mode, address=meta.address, mac=meta.mac)
+    if meta.ssh_host or meta.ssh_port:
+        _sub(root, "ssh", host=meta.ssh_host, port=str(meta.ssh_port or ""), user=meta.ssh_user)
+    for key in sorted(meta.extra):
+        _sub(root, "extra", meta.extra[key], key=key)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _text(root: ET.Element, tag: str) -> str:
+    element = root.find(_NS + tag)
+    return (element.text or "").strip() if element is not None else ""
+
+
+def _required_time(root: ET.Element, tag: str) -> datetime.datetime:
+    value = _text(root, tag)
+    if not value:
+        raise SlotMetadataError(f"slot metadata: <{tag}> is missing", tag)
+    return parse_time(value, tag)
+
+
+def from_xml(text: str) -> SlotMetadata:
+    """Parse the ``<farm:slot>`` element (as returned by ``virDomain.metadata()``).
+
+    Unknown elements are ignored so that older readers accept newer metadata; a schema
+    newer than this reader understands is refused with a message saying so.
+    """
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise SlotMetadataError(f"slot metadata is not well-formed XML: {exc}", "metadata") from None
+    if root.tag != _NS + "slot":
+        raise SlotMetadataError(f"slot metadata: expected <slot xmlns={NAMESPACE!r}>, found <{root.tag}>", "metadata")
+    try:
+        schema = int(root.get("schema", "1"))
+    except ValueError:
+        raise SlotMetadataError(
+            "slot metadata: schema {!r} is not a number".format(root.get("schema")), "schema"
+        ) from None
+    if schema > SCHEMA_VERSION:
+        raise SlotMetadataError(
+            "slot metadata schema %d is newer than this collection understands (%d): upgrade batchvirt.farm"
+            % (schema, SCHEMA_VERSION),
+            "schema",
+        )
+    image = root.find(_NS + "image")
+    image_attrs = image.attrib if image is not None else {}
+    drain = root.find(_NS + "drain")
+    batch = root.find(_NS + "batch")
+    network = root.find(_NS + "network")
+    ssh = root.find(_NS + "ssh")
+    port_text = ssh.get("port", "") if ssh is not None else ""
+    try:
+        ssh_port = int(port_text) if port_text else 0
+    except ValueError:
+        raise SlotMetadataError(f"slot metadata: ssh port {port_text!r} is not a number", "ssh.port") from None
+    requested = drain is not None and drain.get("requested", "false").lower() == "true"
+    requested_at = drain.get("at", "") if drain is not None else ""
+    extra = {e.get("key", ""): (e.text or "") for e in root.findall(_NS + "extra") if e.get("key")}
+    return SlotMetadata(
+        name=_text(root, "name"),
+        hypervisor=_text(root, "hypervisor"),
+        worker_type=_text(root, "worker_type"),
+        image_identifier=image_attrs.get("identifier", ""),
+        image_version=image_attrs.get("version", ""),
+        image_sha512=image_attrs.get("sha512", ""),
+        created_at=_required_time(root, "created_at"),
+        drain_at=_required_time(root, "drain_at"),
+        deadline=_required_time(root, "deadline"),
+        drain_requested=requested,
+        drain_reason=((drain.text or "").strip() if drain is not None else ""),
+        drain_requested_at=parse_time(requested_at, "drain.at") if requested_at else None,
+        batch_system=batch.get("system", "slurm") if batch is not None else "slurm",
+        batch_node=batch.get("node", "") if batch is not None else "",
+        network_mode=network.get("mode", "") if network is not None else "",
+        address=network.get("address", "") if network is not None else "",
+        mac=network.get("mac", "") if network is not None else "",
+        ssh_host=ssh.get("host", "") if ssh is not None else "",
+        ssh_port=ssh_port,
+        ssh_user=ssh.get("user", "") if ssh is not None else "",
+        extra=extra,
+    )

@@ -1,0 +1,1 @@
+"""Test bed for integration tests: real daemons started idempotently, everything cleaned up."""

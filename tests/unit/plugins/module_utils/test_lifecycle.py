@@ -1,0 +1,85 @@
+"""The lifecycle model as a table: every state, every boundary, priority order."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from ansible_collections.batchvirt.farm.plugins.module_utils import _lifecycle as lc
+from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import BatchView, LifecycleTimes
+
+T0 = datetime.datetime(2026, 11, 1, 0, 0, 0, tzinfo=datetime.timezone.utc)
+HOUR = datetime.timedelta(hours=1)
+SEC = datetime.timedelta(seconds=1)
+# created at T0, drains after 24 h, deadline 48 h after drain_at.
+TIMES = LifecycleTimes(created_at=T0, drain_at=T0 + 24 * HOUR, deadline=T0 + 72 * HOUR)
+REQUESTED = LifecycleTimes(T0, T0 + 24 * HOUR, T0 + 72 * HOUR, drain_requested=True)
+UP = BatchView(registered=True)
+UP_BUSY = BatchView(registered=True, jobs=3)
+DOWN = BatchView(registered=False)
+BATCH_DRAIN_IDLE = BatchView(registered=True, drain=True, jobs=0)
+BATCH_DRAIN_BUSY = BatchView(registered=True, drain=True, jobs=1)
+
+CASES = [
+    # id, times, now, running, batch, expected
+    ("not-running-wins-over-everything", TIMES, T0 + 100 * HOUR, False, UP_BUSY, lc.STOPPED),
+    ("not-running-fresh", TIMES, T0, False, None, lc.STOPPED),
+    ("deadline-exact-is-expired", TIMES, T0 + 72 * HOUR, True, UP_BUSY, lc.EXPIRED),
+    ("past-deadline-even-with-jobs", TIMES, T0 + 80 * HOUR, True, UP_BUSY, lc.EXPIRED),
+    ("one-second-before-deadline-draining", TIMES, T0 + 72 * HOUR - SEC, True, UP_BUSY, lc.DRAINING),
+    ("drain-at-exact-idle-is-drained", TIMES, T0 + 24 * HOUR, True, UP, lc.DRAINED),
+    ("drain-at-exact-busy-is-draining", TIMES, T0 + 24 * HOUR, True, UP_BUSY, lc.DRAINING),
+    ("after-drain-unknown-batch-is-draining", TIMES, T0 + 30 * HOUR, True, None, lc.DRAINING),
+    ("drain-request-idle-is-drained", REQUESTED, T0 + 2 * HOUR, True, UP, lc.DRAINED),
+    ("drain-request-busy-is-draining", REQUESTED, T0 + 2 * HOUR, True, UP_BUSY, lc.DRAINING),
+    ("drain-request-unregistered-is-drained", REQUESTED, T0 + 2 * HOUR, True, DOWN, lc.DRAINED),
+    ("drain-request-unknown-batch-is-draining", REQUESTED, T0 + 2 * HOUR, True, None, lc.DRAINING),
+    ("batch-side-drain-idle", TIMES, T0 + 2 * HOUR, True, BATCH_DRAIN_IDLE, lc.DRAINED),
+    ("batch-side-drain-busy", TIMES, T0 + 2 * HOUR, True, BATCH_DRAIN_BUSY, lc.DRAINING),
+    ("not-registered-is-provisioning", TIMES, T0 + 2 * HOUR, True, DOWN, lc.PROVISIONING),
+    ("no-batch-within-boot-grace", TIMES, T0 + 899 * SEC, True, None, lc.PROVISIONING),
+    ("no-batch-boot-grace-boundary-is-active", TIMES, T0 + 900 * SEC, True, None, lc.ACTIVE),
+    ("registered-at-once-is-active", TIMES, T0 + 10 * SEC, True, UP, lc.ACTIVE),
+    ("expiring-window-boundary", TIMES, T0 + 22 * HOUR, True, UP, lc.EXPIRING),
+    ("just-outside-expiring-window", TIMES, T0 + 22 * HOUR - SEC, True, UP, lc.ACTIVE),
+    ("expiring-one-second-before-drain", TIMES, T0 + 24 * HOUR - SEC, True, UP_BUSY, lc.EXPIRING),
+    ("expiring-without-batch-view", TIMES, T0 + 23 * HOUR, True, None, lc.EXPIRING),
+    ("unregistered-near-drain-is-provisioning", TIMES, T0 + 23 * HOUR, True, DOWN, lc.PROVISIONING),
+]
+
+
+@pytest.mark.parametrize(
+    ("times", "now", "running", "batch", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_lifecycle_table(times, now, running, batch, expected):
+    assert lc.compute_lifecycle(times, now, running, batch) == expected
+
+
+def test_every_state_is_reachable_in_the_table():
+    assert {c[-1] for c in CASES} == set(lc.STATES)
+
+
+def test_expiring_window_and_boot_grace_are_parameters():
+    now = T0 + 20 * HOUR
+    assert lc.compute_lifecycle(TIMES, now, True, UP) == lc.ACTIVE
+    assert lc.compute_lifecycle(TIMES, now, True, UP, expiring_window=5 * 3600) == lc.EXPIRING
+    assert lc.compute_lifecycle(TIMES, T0 + HOUR, True, None, boot_grace=7200) == lc.PROVISIONING
+
+
+def test_naive_clock_is_refused():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        lc.compute_lifecycle(TIMES, datetime.datetime(2026, 11, 1), True)
+
+
+@pytest.mark.parametrize(
+    ("times", "now", "expected"),
+    [
+        (TIMES, T0, 24 * 3600),
+        (TIMES, T0 + 24 * HOUR + SEC, 0),
+        (REQUESTED, T0, 0),
+        (TIMES, T0 + 23 * HOUR + 0.5 * SEC, 3599),
+    ],
+)
+def test_seconds_to_drain(times, now, expected):
+    assert lc.seconds_to_drain(times, now) == expected
