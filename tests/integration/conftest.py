@@ -30,11 +30,8 @@ def libvirt_uri() -> str:
 
 
 def _hypervisor_vars() -> dict:
-    """The test hypervisor: user-mode networking, pools under /var/lib/batchvirt-test."""
-    return {
-        "farm_hypervisor_network_mode": "user",
-        "farm_hypervisor_build_base_image": False,
-    }
+    """The test hypervisor: user-mode networking (loopback port forwards), default pools."""
+    return {"farm_hypervisor_network_mode": "user"}
 
 
 @pytest.fixture
