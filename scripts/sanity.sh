@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # ansible-test sanity on a copy of the collection placed under
-# build/sanity/ansible_collections/batchvirt/farm (ansible-test needs that layout).
+# $TMP/ansible_collections/batchvirt/farm (ansible-test needs that layout, outside this git
+# checkout, whose .gitignore would otherwise hide every file from it).
 # The offline get-pip stand-in lets ansible-test build its sanity venvs without the internet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-DEST=$ROOT/build/sanity/ansible_collections/batchvirt/farm
-rm -rf "$ROOT/build/sanity"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/batchvirt-sanity.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+DEST=$WORK/ansible_collections/batchvirt/farm
 mkdir -p "$DEST"
 git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ "$DEST/"
 
@@ -27,4 +29,4 @@ PY
 done
 cd "$DEST"
 export PATH=$ROOT/.venv/bin:$PATH
-exec ansible-test sanity --python "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" --color no "$@"
+ansible-test sanity --python "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" --color no "$@"
