@@ -28,7 +28,7 @@ $(BIN)/.stamp: requirements.txt requirements-test.txt constraints.txt
 
 venv: $(BIN)/.stamp ## create the Python venv (.venv) with every tool
 
-deps: venv ## install system packages from bindep.txt (apt, needs root)
+deps: ## install system packages from bindep.txt (apt, needs root)
 	scripts/install-deps.sh
 
 link: ## expose the repository as ansible_collections/batchvirt/farm under build/
@@ -72,15 +72,15 @@ molecule: venv link ## every molecule scenario under molecule/
 	scripts/molecule.sh
 
 test: ## everything CI runs: deps, venv, lint, sanity, unit, build, integration, molecule
-	@STOP_ON_FAIL="deps venv" scripts/steps.sh venv deps lint sanity unit build integration molecule
+	@STOP_ON_FAIL="deps venv" scripts/steps.sh deps venv lint sanity unit build integration molecule
 
 quick: ## lint and unit tests only (seconds)
 	@scripts/steps.sh ruff mypy yamllint unit
 
-demo: venv deps link ## set up localhost as a one-hypervisor farm and show it
+demo: deps venv link ## set up localhost as a one-hypervisor farm and show it
 	$(BIN)/ansible-playbook -i playbooks/inventory/localhost.yml playbooks/demo.yml
 
-bench: venv deps link ## run every benchmark under bench/ (each prints a JSON line)
+bench: deps venv link ## run every benchmark under bench/ (each prints a JSON line)
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 clean: ## remove build output (keeps the venv)

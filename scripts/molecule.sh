@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every molecule scenario (molecule/<name>/molecule.yml) with `molecule test`.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 failed=0; ran=0
 for dir in molecule/*/; do
   name=$(basename "$dir")

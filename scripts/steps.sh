@@ -2,7 +2,7 @@
 # Run make targets in order, keep going after a failure, print a summary with timings,
 # and exit non-zero if any step failed. Steps listed in $STOP_ON_FAIL abort the run.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 STOP_ON_FAIL=${STOP_ON_FAIL:-"deps venv"}
 declare -a names results times
 failed=0
