@@ -61,9 +61,10 @@ check: lint sanity unit ## the fast loop: lint, sanity, unit
 build: venv ## ansible-galaxy collection build, then install into build/install
 	rm -rf build/dist build/install
 	$(BIN)/ansible-galaxy collection build --output-path build/dist --force .
-	$(BIN)/ansible-galaxy collection install --offline -p build/install build/dist/batchvirt-farm-*.tar.gz
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install $(BIN)/ansible-galaxy collection install \
+	  --offline --force -p build/install build/dist/batchvirt-farm-*.tar.gz
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install $(BIN)/ansible-doc -l batchvirt.farm
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install $(BIN)/ansible-doc -t inventory -l batchvirt.farm
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install scripts/check-installed.sh
 
 integration: venv link ## integration tests against real daemons (libvirtd, Slurm, HTTP, tracker)
 	$(BIN)/pytest tests/integration -v --timeout=1800 -p no:cacheprovider $(PYTEST_ARGS)
