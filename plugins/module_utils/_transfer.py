@@ -1,0 +1,447 @@
+# Copyright (c) batchvirt.farm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to batchvirt.farm: image downloads into the cache's partial area (file, HTTP(S), BitTorrent).
+
+:func:`fetch` writes ``uri`` to ``dest`` (a path in the partial area) and verifies the
+published size and sha512 *in the same pass* as the download: the data is hashed while it
+is written, never read back. A partial file left by an interrupted run is resumed: its
+prefix is hashed once (hashlib state cannot be saved), then the rest is requested with an
+HTTP ``Range`` header (or read from the offset for ``file://``). The hash runs in a
+second thread so that receiving, writing and hashing overlap (hashlib and file I/O release
+the GIL for large buffers); buffers are 1 MiB.
+
+Failures raise :class:`TransferError` with a message naming the URL and what happened and
+a ``resumable`` flag: True when the partial file is a correct prefix worth keeping (the
+connection stalled or broke), False when it must be discarded (checksum or size mismatch,
+HTTP 404).
+
+``magnet:`` links and ``*.torrent`` sources go to the BitTorrent transport
+(``_torrent.fetch``) when it is installed with the collection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import queue
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+BUFSIZE = 1 << 20
+MAX_REDIRECTS = 5
+USER_AGENT = "batchvirt.farm-image/1"
+
+
+class TransferError(Exception):
+    """A download that failed, explained; ``resumable`` says whether the partial file is kept."""
+
+    def __init__(self, message: str, resumable: bool = False, status: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.resumable = resumable
+        self.status = status
+
+
+@dataclass
+class TransferResult:
+    uri: str
+    path: str
+    size: int
+    sha512: str
+    transferred: int  # bytes received over the transport in this run
+    resumed_from: int  # bytes already in the partial file when this run started
+    seconds: float
+
+
+class _Hasher:
+    """sha512 in a second thread, fed the same buffers the writer writes."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha512()
+        self._queue: queue.Queue = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, name="sha512", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            self.digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        return self.digest.hexdigest()
+
+    def abandon(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+def _hash_prefix(path: str, length: int) -> Tuple[Any, int]:
+    """sha512 object over the first ``length`` bytes of ``path`` (an existing partial file)."""
+    digest = hashlib.sha512()
+    done = 0
+    with open(path, "rb") as fh:
+        while done < length:
+            chunk = fh.read(min(BUFSIZE, length - done))
+            if not chunk:
+                break
+            digest.update(chunk)
+            done += len(chunk)
+    return digest, done
+
+
+def _resume_point(dest: str, size: int) -> int:
+    """How many bytes of ``dest`` can be kept (0 when absent or longer than the image)."""
+    try:
+        have = os.path.getsize(dest)
+    except OSError:
+        return 0
+    if have > size:
+        os.truncate(dest, 0)
+        return 0
+    return have
+
+
+class _Sink:
+    """Appends to the partial file, hashing each buffer; enforces the size cap."""
+
+    def __init__(self, uri: str, dest: str, size: int, offset: int) -> None:
+        self.uri = uri
+        self.dest = dest
+        self.size = size
+        self.offset = offset
+        self.written = offset
+        self.received = 0
+        self.hasher = _Hasher()
+        if offset:
+            prefix, done = _hash_prefix(dest, offset)
+            self.hasher.digest = prefix
+            self.written = done
+        self.fh = open(dest, "r+b" if offset else "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self.fh.seek(self.written)
+        self.fh.truncate()
+
+    def write(self, chunk: bytes) -> None:
+        if self.written + len(chunk) > self.size:
+            raise TransferError(
+                "%s sends more than the published size of %d bytes: refusing (the image on the server is not "
+                "the published one)" % (self.uri, self.size)
+            )
+        self.hasher.update(chunk)
+        self.fh.write(chunk)
+        self.written += len(chunk)
+        self.received += len(chunk)
+
+    def finish(self, sha512: str, fsync: bool) -> str:
+        self.fh.flush()
+        if fsync:
+            os.fsync(self.fh.fileno())
+        self.fh.close()
+        digest = self.hasher.hexdigest()
+        if self.written != self.size:
+            raise TransferError(
+                "%s ended after %d of %d bytes: the download is incomplete (truncated); a rerun resumes it"
+                % (self.uri, self.written, self.size),
+                resumable=True,
+            )
+        if digest != sha512:
+            raise TransferError(
+                "sha512 mismatch for %s: got %s..., the list publishes %s...; the file is refused and deleted "
+                "(corrupt download, or the server holds a different image than the one endorsed)"
+                % (self.uri, digest[:16], sha512[:16])
+            )
+        return digest
+
+    def abort(self) -> None:
+        if not self.fh.closed:
+            try:
+                self.fh.flush()
+                self.fh.close()
+            except OSError:
+                pass
+        self.hasher.abandon()
+
+
+def fetch(
+    uri: str,
+    dest: str,
+    size: int,
+    sha512: str,
+    timeout: float = 60,
+    connect_timeout: float = 30,
+    total_timeout: Optional[float] = None,
+    validate_certs: bool = True,
+    ca_path: Optional[str] = None,
+    allow_file: bool = True,
+    headers: Optional[Dict[str, str]] = None,
+    fsync: bool = True,
+    **opts: Any,
+) -> TransferResult:
+    """Download ``uri`` into ``dest`` (resuming it), verify size and sha512 in the same pass.
+
+    ``timeout``: seconds without any data before a stalled transfer fails; ``connect_timeout``:
+    seconds to establish the connection; ``total_timeout``: optional bound on the whole transfer.
+    """
+    sha512 = sha512.lower()
+    parsed = urllib.parse.urlsplit(uri)
+    scheme = parsed.scheme.lower()
+    if scheme == "magnet" or (scheme in ("http", "https", "file", "") and parsed.path.endswith(".torrent")):
+        return _fetch_torrent(uri, dest, size, sha512, timeout, **opts)
+    started = time.monotonic()
+    if scheme == "file":
+        if not allow_file:
+            raise TransferError("%s: file:// sources are not allowed here (allow them explicitly)" % uri)
+        result = _fetch_file(uri, urllib.parse.unquote(parsed.path), dest, size, sha512, fsync)
+    elif scheme in ("http", "https"):
+        result = _fetch_http(
+            uri,
+            dest,
+            size,
+            sha512,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            total_timeout=total_timeout,
+            validate_certs=validate_certs,
+            ca_path=ca_path,
+            headers=headers or {},
+            fsync=fsync,
+        )
+    else:
+        raise TransferError(
+            "%s: unsupported source scheme %r: use http://, https://, file://, a magnet: link or a .torrent"
+            % (uri, scheme or "(none)")
+        )
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _fetch_torrent(uri: str, dest: str, size: int, sha512: str, timeout: float, **opts: Any) -> TransferResult:
+    try:
+        from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent  # type: ignore[attr-defined]
+    except ImportError:
+        raise TransferError(
+            "%s: BitTorrent sources (magnet: links, .torrent files) need the BitTorrent transport, which this "
+            "installation of batchvirt.farm does not have; use an http(s):// or file:// URI" % uri
+        ) from None
+    started = time.monotonic()
+    outcome = _torrent.fetch(uri, dest, size, sha512, timeout, **opts)
+    if isinstance(outcome, TransferResult):
+        return outcome
+    return TransferResult(
+        uri=uri,
+        path=dest,
+        size=size,
+        sha512=sha512,
+        transferred=int(getattr(outcome, "transferred", 0) or 0) if outcome is not None else 0,
+        resumed_from=int(getattr(outcome, "resumed_from", 0) or 0) if outcome is not None else 0,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _fetch_file(uri: str, source: str, dest: str, size: int, sha512: str, fsync: bool) -> TransferResult:
+    try:
+        actual = os.path.getsize(source)
+    except OSError as exc:
+        raise TransferError("%s: cannot read %s: %s" % (uri, source, exc.strerror)) from None
+    if actual != size:
+        raise TransferError(
+            "size mismatch for %s: the file has %d bytes, the list publishes %d; refused" % (uri, actual, size)
+        )
+    offset = _resume_point(dest, size)
+    sink = _Sink(uri, dest, size, offset)
+    try:
+        with open(source, "rb") as src:
+            src.seek(sink.written)
+            while True:
+                chunk = src.read(BUFSIZE)
+                if not chunk:
+                    break
+                sink.write(chunk)
+        digest = sink.finish(sha512, fsync)
+    except TransferError:
+        sink.abort()
+        raise
+    except OSError as exc:
+        sink.abort()
+        raise TransferError("%s: read failed: %s" % (uri, exc), resumable=True) from None
+    return TransferResult(uri, dest, size, digest, sink.received, offset, 0.0)
+
+
+def _connection(
+    parsed: urllib.parse.SplitResult, connect_timeout: float, validate_certs: bool, ca_path: Optional[str]
+) -> http.client.HTTPConnection:
+    host = parsed.hostname or ""
+    if parsed.scheme == "https":
+        context = ssl.create_default_context(cafile=ca_path) if ca_path else ssl.create_default_context()
+        if not validate_certs:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return http.client.HTTPSConnection(host, parsed.port, timeout=connect_timeout, context=context)
+    return http.client.HTTPConnection(host, parsed.port, timeout=connect_timeout)
+
+
+def _fetch_http(
+    uri: str,
+    dest: str,
+    size: int,
+    sha512: str,
+    timeout: float,
+    connect_timeout: float,
+    total_timeout: Optional[float],
+    validate_certs: bool,
+    ca_path: Optional[str],
+    headers: Dict[str, str],
+    fsync: bool,
+) -> TransferResult:
+    offset = _resume_point(dest, size)
+    if offset == size:
+        # A previous run received everything but died before the rename: verify the file.
+        sink = _Sink(uri, dest, size, offset)
+        try:
+            digest = sink.finish(sha512, fsync)
+        except TransferError:
+            sink.abort()
+            raise
+        return TransferResult(uri, dest, size, digest, 0, offset, 0.0)
+    current = uri
+    deadline = time.monotonic() + total_timeout if total_timeout else None
+    for _hop in range(MAX_REDIRECTS + 1):
+        parsed = urllib.parse.urlsplit(current)
+        if parsed.scheme not in ("http", "https"):
+            raise TransferError("%s redirects to %s: only http(s) redirects are followed" % (uri, current))
+        conn = _connection(parsed, connect_timeout, validate_certs, ca_path)
+        path = parsed.path or "/"
+        if parsed.query:
+            path += "?" + parsed.query
+        request_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        request_headers.update(headers)
+        if offset:
+            request_headers["Range"] = "bytes=%d-" % offset
+        try:
+            conn.connect()
+            assert conn.sock is not None
+            conn.sock.settimeout(timeout)
+            conn.request("GET", path, headers=request_headers)
+            response = conn.getresponse()
+        except socket.timeout:
+            conn.close()
+            raise TransferError(
+                "%s did not answer within %s s (connect) / %s s (response): the server stalls or is unreachable"
+                % (current, connect_timeout, timeout),
+                resumable=True,
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise TransferError("cannot reach %s: %s" % (current, exc), resumable=True) from None
+        status = response.status
+        if status in (301, 302, 303, 307, 308):
+            location = response.getheader("Location")
+            conn.close()
+            if not location:
+                raise TransferError("%s answered %d without a Location header" % (current, status), status=status)
+            current = urllib.parse.urljoin(current, location)
+            continue
+        try:
+            return _receive(uri, current, response, dest, size, sha512, offset, timeout, deadline, fsync)
+        finally:
+            conn.close()
+    raise TransferError("%s: more than %d redirects" % (uri, MAX_REDIRECTS))
+
+
+def _receive(
+    uri: str,
+    current: str,
+    response: http.client.HTTPResponse,
+    dest: str,
+    size: int,
+    sha512: str,
+    offset: int,
+    timeout: float,
+    deadline: Optional[float],
+    fsync: bool,
+) -> TransferResult:
+    status = response.status
+    if status == 416 and offset:
+        # The server refuses our range: start again from the beginning next time.
+        os.truncate(dest, 0)
+        raise TransferError(
+            "%s answered HTTP 416 to a resume from byte %d: the partial file was discarded; rerun" % (current, offset),
+            resumable=True,
+            status=status,
+        )
+    if status not in (200, 206):
+        reason = response.reason or ""
+        raise TransferError(
+            "HTTP %d %s from %s: the image cannot be downloaded%s"
+            % (
+                status,
+                reason,
+                current,
+                " (check the URI in the image list)" if status in (403, 404, 410) else " (server error; retry later)",
+            ),
+            resumable=status >= 500,
+            status=status,
+        )
+    if status == 206:
+        content_range = response.getheader("Content-Range") or ""
+        if not content_range.startswith("bytes %d-" % offset):
+            raise TransferError(
+                "%s answered a resume from byte %d with Content-Range %r: refusing" % (current, offset, content_range),
+                resumable=False,
+                status=status,
+            )
+        total = content_range.rsplit("/", 1)[-1]
+        if total.isdigit() and int(total) != size:
+            raise TransferError(
+                "size mismatch for %s: the server has %s bytes, the list publishes %d; refused" % (current, total, size)
+            )
+    else:
+        offset = 0  # the server ignored Range: start over
+        length = response.getheader("Content-Length")
+        if length and length.isdigit() and int(length) != size:
+            raise TransferError(
+                "size mismatch for %s: the server announces %s bytes, the list publishes %d; refused"
+                % (current, length, size)
+            )
+    sink = _Sink(uri, dest, size, offset)
+    try:
+        while True:
+            try:
+                chunk = response.read(BUFSIZE)
+            except socket.timeout:
+                raise TransferError(
+                    "%s stalled: no data for %s s after %d of %d bytes; the partial download is kept and a "
+                    "rerun resumes it" % (current, timeout, sink.written, size),
+                    resumable=True,
+                ) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise TransferError(
+                    "%s broke off after %d of %d bytes (%s); a rerun resumes it" % (current, sink.written, size, exc),
+                    resumable=True,
+                ) from None
+            if not chunk:
+                break
+            sink.write(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TransferError(
+                    "%s: the transfer took longer than the total timeout (%d of %d bytes); a rerun resumes it"
+                    % (current, sink.written, size),
+                    resumable=True,
+                )
+        digest = sink.finish(sha512, fsync)
+    except BaseException:
+        sink.abort()
+        raise
+    return TransferResult(uri, dest, size, digest, sink.received, offset, 0.0)
