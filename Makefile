@@ -35,8 +35,8 @@ link: ## expose the repository as ansible_collections/batchvirt/farm under build
 	@mkdir -p $(dir $(LINK)) && ln -sfn $(CURDIR) $(LINK)
 
 ruff: venv
-	$(BIN)/ruff check plugins tests bench
-	$(BIN)/ruff format --check plugins tests bench
+	$(BIN)/ruff check plugins tests bench scripts
+	$(BIN)/ruff format --check plugins tests bench scripts
 
 mypy: venv link
 	cd $(COLLECTIONS) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
@@ -47,6 +47,7 @@ yamllint: venv
 
 ansible-lint: venv link
 	$(BIN)/ansible-lint --offline -q
+	$(BIN)/python scripts/check-role-vars.py
 
 lint: ruff mypy yamllint ansible-lint ## ruff, mypy, yamllint, ansible-lint (profile production)
 
