@@ -623,7 +623,12 @@ def sign(
             f"signer_cert: not a PEM X.509 certificate ({exc})", "signing_failed", "signer_cert"
         ) from None
     try:
-        key = serialization.load_pem_private_key(key_pem, passphrase.encode() if passphrase else None)
+        try:
+            key = serialization.load_pem_private_key(key_pem, passphrase.encode() if passphrase else None)
+        except TypeError:
+            if not passphrase:
+                raise
+            key = serialization.load_pem_private_key(key_pem, None)  # a passphrase for a clear key: ignore it
     except (ValueError, TypeError) as exc:
         raise ImageListError(
             f"signer_key: cannot load the private key ({exc}); check the file and O(signer_key_passphrase)",
@@ -1050,6 +1055,8 @@ def build_image(spec: Dict[str, Any], index: int, allow_file_uri: bool = False) 
     """An :class:`Image` from the module's ``images`` entry; hashes ``path`` when given."""
     where = f"images[{index}]."
     path = spec.get("path")
+    size: Any
+    sha512: Any
     if path:
         try:
             size, sha512 = hash_file(path)
