@@ -1,0 +1,205 @@
+# Copyright (c) batchvirt.farm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to batchvirt.farm: golden node snapshots — a consistent disk turned into a new,
+compressed, hashed image version, with a retention of the last N versions.
+
+The golden VM is sealed inside the guest by the ``golden_node`` role (cloud-init clean, SSH
+host keys and machine-id removed) just before :func:`snapshot` shuts it down, so the image
+never needs to be mounted on the hypervisor.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+_VERSION_RE = re.compile(r"^(\d{8})\.(\d+)$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CHUNK = 4 * 1024 * 1024
+
+
+class GoldenError(Exception):
+    """A snapshot that could not be taken; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ImageVersion:
+    identifier: str
+    version: str
+    path: str
+    size: int
+    sha512: str
+    description_path: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "identifier": self.identifier,
+            "version": self.version,
+            "path": self.path,
+            "size": self.size,
+            "sha512": self.sha512,
+            "description": self.description_path,
+        }
+
+
+def check_identifier(identifier: str) -> str:
+    """Image identifiers become file names: refuse anything that is not a plain name."""
+    if not _SAFE_NAME.match(identifier or "") or ".." in identifier:
+        raise GoldenError(
+            "identifier %r is not a safe image name: use letters, digits, '.', '_' and '-' "
+            "(at most 128 characters, no '..' and no '/')" % identifier
+        )
+    return identifier
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def next_version(existing: List[str], today: datetime.date) -> str:
+    """``YYYYMMDD.N``: the first free serial of today (dotted numeric, so it compares as a number)."""
+    stamp = today.strftime("%Y%m%d")
+    serials = [int(m.group(2)) for m in (_VERSION_RE.match(v) for v in existing) if m and m.group(1) == stamp]
+    return "%s.%d" % (stamp, max(serials, default=0) + 1)
+
+
+def versions_in(directory: str, identifier: str) -> List[str]:
+    """Versions of ``identifier`` present in ``directory`` (from their description files), oldest first."""
+    found = []
+    prefix = identifier + "-"
+    if not os.path.isdir(directory):
+        return found
+    for entry in os.listdir(directory):
+        if entry.startswith(prefix) and entry.endswith(".json"):
+            version = entry[len(prefix) : -len(".json")]
+            if _VERSION_RE.match(version):
+                found.append(version)
+    return sorted(found, key=version_key)
+
+
+def disk_source(domain_xml: str, target: Optional[str] = None) -> str:
+    """The file behind the domain's first disk (or the disk with ``target`` dev)."""
+    root = ET.fromstring(domain_xml)
+    for disk in root.findall("./devices/disk"):
+        if disk.get("device", "disk") != "disk":
+            continue
+        tgt = disk.find("target")
+        if target and (tgt is None or tgt.get("dev") != target):
+            continue
+        source = disk.find("source")
+        if source is not None and source.get("file"):
+            return source.get("file", "")
+        if source is not None and source.get("dev"):
+            return source.get("dev", "")
+    raise GoldenError("the golden VM has no file-backed disk%s to snapshot" % (" " + target if target else ""))
+
+
+def shutdown(
+    domain: Any,
+    timeout: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """ACPI shutdown and wait; True if the domain was running. Never destroys it."""
+    if not domain.isActive():
+        return False
+    domain.shutdown()
+    deadline = clock() + timeout
+    while clock() < deadline:
+        if not domain.isActive():
+            return True
+        sleep(1.0)
+    if not domain.isActive():
+        return True
+    raise GoldenError(
+        "the golden VM %s did not shut down within %d s; it was left running and nothing was "
+        "snapshotted. Check that the guest reacts to ACPI power-off (systemd-logind or acpid), "
+        "or raise shutdown_timeout." % (domain.name(), int(timeout))
+    )
+
+
+def _sha512_and_size(path: str) -> tuple[str, int]:
+    digest = hashlib.sha512()
+    size = 0
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(CHUNK)
+            if not block:
+                break
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def write_version(
+    source_disk: str,
+    directory: str,
+    identifier: str,
+    version: str,
+    compression: str = "zstd",
+    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+    extra: Optional[Dict[str, Any]] = None,
+) -> ImageVersion:
+    """Flatten ``source_disk`` (and its backing chain) into ``<identifier>-<version>.qcow2``.
+
+    The file is written under a temporary name and renamed only when complete, with its
+    description JSON (the same keys as the base image's) written last.
+    """
+    check_identifier(identifier)
+    os.makedirs(directory, exist_ok=True)
+    final = os.path.join(directory, "%s-%s.qcow2" % (identifier, version))
+    partial = final + ".partial"
+    if os.path.exists(final):
+        raise GoldenError("%s already exists: versions are never overwritten" % final)
+    cmd = ["qemu-img", "convert", "-U", "-O", "qcow2"]
+    if compression != "none":
+        cmd += ["-c", "-o", "compression_type=%s" % compression]
+    cmd += [source_disk, partial]
+    result = run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise GoldenError("qemu-img convert of %s failed: %s" % (source_disk, (result.stderr or "").strip()))
+    sha512, size = _sha512_and_size(partial)
+    os.chmod(partial, 0o644)
+    os.rename(partial, final)
+    description = {
+        "identifier": identifier,
+        "version": version,
+        "format": "qcow2",
+        "file": final,
+        "size": size,
+        "sha512": sha512,
+        "boot": {"modes": ["bootloader"]},
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": "golden-node",
+    }
+    description.update(extra or {})
+    desc_path = os.path.join(directory, "%s-%s.json" % (identifier, version))
+    tmp = desc_path + ".partial"
+    with open(tmp, "w") as handle:
+        json.dump(description, handle, indent=2, sort_keys=True)
+    os.rename(tmp, desc_path)
+    return ImageVersion(identifier, version, final, size, sha512, desc_path)
+
+
+def prune(directory: str, identifier: str, keep: int) -> List[str]:
+    """Remove all but the newest ``keep`` versions (image and description); return the removed versions."""
+    if keep < 1:
+        raise GoldenError("keep must be at least 1 (got %d): the newest version is always kept" % keep)
+    versions = versions_in(directory, identifier)
+    removed = versions[:-keep] if len(versions) > keep else []
+    for version in removed:
+        for suffix in (".qcow2", ".json"):
+            path = os.path.join(directory, "%s-%s%s" % (identifier, version, suffix))
+            if os.path.exists(path):
+                os.unlink(path)
+    return removed

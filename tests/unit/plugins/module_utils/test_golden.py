@@ -1,0 +1,147 @@
+"""Golden snapshots: versions, retention, flattening a real qcow2 chain, a shutdown that hangs."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from ansible_collections.batchvirt.farm.plugins.module_utils import _golden
+
+needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img not installed")
+
+
+@pytest.mark.parametrize(
+    ("existing", "expected"),
+    [
+        ([], "20261121.1"),
+        (["20261121.1", "20261121.2"], "20261121.3"),
+        (["20261120.7"], "20261121.1"),
+        (["20261121.9", "20261121.10"], "20261121.11"),
+        (["garbage", "1.2.3"], "20261121.1"),
+    ],
+)
+def test_next_version(existing, expected):
+    assert _golden.next_version(existing, datetime.date(2026, 11, 21)) == expected
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "", ".hidden", "x" * 200, "a..b", "wörker"])
+def test_hostile_identifiers_are_refused(bad):
+    with pytest.raises(_golden.GoldenError, match="not a safe image name"):
+        _golden.check_identifier(bad)
+
+
+def _touch_version(directory, identifier, version):
+    for suffix in (".qcow2", ".json"):
+        with open(os.path.join(directory, "%s-%s%s" % (identifier, version, suffix)), "w") as handle:
+            handle.write("{}")
+
+
+def test_prune_keeps_the_newest_numerically(tmp_path):
+    for version in ("20261119.1", "20261120.2", "20261120.10", "20261121.1"):
+        _touch_version(str(tmp_path), "worker", version)
+    _touch_version(str(tmp_path), "other", "20261101.1")
+    removed = _golden.prune(str(tmp_path), "worker", keep=2)
+    assert removed == ["20261119.1", "20261120.2"]
+    assert _golden.versions_in(str(tmp_path), "worker") == ["20261120.10", "20261121.1"]
+    assert _golden.versions_in(str(tmp_path), "other") == ["20261101.1"]
+
+
+def test_prune_refuses_keep_zero(tmp_path):
+    with pytest.raises(_golden.GoldenError, match="keep must be at least 1"):
+        _golden.prune(str(tmp_path), "worker", keep=0)
+
+
+def test_disk_source_picks_the_disk_not_the_cdrom():
+    xml = """<domain><devices>
+      <disk type='file' device='cdrom'><source file='/seed.iso'/><target dev='sda'/></disk>
+      <disk type='file' device='disk'><source file='/slots/golden.qcow2'/><target dev='vda'/></disk>
+    </devices></domain>"""
+    assert _golden.disk_source(xml) == "/slots/golden.qcow2"
+    with pytest.raises(_golden.GoldenError, match="no file-backed disk vdb"):
+        _golden.disk_source(xml, "vdb")
+
+
+class HangingDomain:
+    """A guest that ignores ACPI power-off."""
+
+    def __init__(self):
+        self.destroyed = False
+
+    def isActive(self):
+        return True
+
+    def shutdown(self):
+        pass
+
+    def destroy(self):
+        self.destroyed = True
+
+    def name(self):
+        return "golden-el9"
+
+
+def test_shutdown_timeout_leaves_the_vm_running():
+    ticks = iter(range(0, 1000, 10))
+    dom = HangingDomain()
+    with pytest.raises(_golden.GoldenError, match="did not shut down within 60 s; it was left running"):
+        _golden.shutdown(dom, 60, clock=lambda: next(ticks), sleep=lambda s: None)
+    assert not dom.destroyed
+
+
+def test_shutdown_of_a_real_test_driver_domain():
+    libvirt = pytest.importorskip("libvirt")
+    conn = libvirt.open("test:///default")
+    dom = conn.lookupByName("test")
+    assert dom.isActive()
+    assert _golden.shutdown(dom, 5) is True
+    assert not dom.isActive()
+    assert _golden.shutdown(dom, 5) is False
+
+
+@needs_qemu_img
+def test_write_version_flattens_the_backing_chain(tmp_path):
+    base = tmp_path / "base.qcow2"
+    overlay = tmp_path / "golden.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0xab 0 1M", str(base)], check=True, capture_output=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(overlay)], check=True
+    )
+    subprocess.run(["qemu-io", "-c", "write -P 0xcd 2M 1M", str(overlay)], check=True, capture_output=True)
+    out = tmp_path / "out"
+    image = _golden.write_version(str(overlay), str(out), "worker", "20261121.1")
+    info = json.loads(
+        subprocess.run(["qemu-img", "info", "--output=json", image.path], capture_output=True, check=True).stdout
+    )
+    assert "backing-filename" not in info  # standalone: slots can use it as a backing file anywhere
+    with open(image.path, "rb") as handle:
+        data = handle.read()
+    assert image.sha512 == hashlib.sha512(data).hexdigest()
+    assert image.size == len(data)
+    # both the base's and the overlay's data made it into the flattened image
+    check = subprocess.run(
+        ["qemu-io", "-c", "read -P 0xab 0 1M", "-c", "read -P 0xcd 2M 1M", image.path],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Pattern verification failed" not in check.stdout
+    with open(image.description_path) as handle:
+        desc = json.load(handle)
+    assert desc["sha512"] == image.sha512 and desc["version"] == "20261121.1"
+    assert not [p for p in os.listdir(str(out)) if p.endswith(".partial")]
+    with pytest.raises(_golden.GoldenError, match="never overwritten"):
+        _golden.write_version(str(overlay), str(out), "worker", "20261121.1")
+
+
+@needs_qemu_img
+def test_failed_convert_leaves_nothing_behind(tmp_path):
+    with pytest.raises(_golden.GoldenError, match="qemu-img convert of .*missing.qcow2 failed"):
+        _golden.write_version(str(tmp_path / "missing.qcow2"), str(tmp_path / "out"), "worker", "20261121.1")
+    assert os.listdir(str(tmp_path / "out")) == []
