@@ -24,6 +24,7 @@ import base64
 import os
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -187,6 +188,10 @@ class BatchAdapter:
     def running_jobs(self, nodes: Iterable[str]) -> Dict[str, int]:
         """Number of running jobs per node (one bulk query)."""
         return {name: status.jobs for name, status in self.bulk_status(as_list(nodes)).items()}
+
+    def diagnose_registration(self, nodes: Sequence[str], since: float) -> str:
+        """Why ``nodes`` may not have registered since ``since`` (epoch seconds): a hint, or ''."""
+        return ""
 
     def unknown_node_message(self, nodes: Sequence[str]) -> str:
         return (
@@ -375,3 +380,144 @@ def _key_b64(munge_key: Any) -> str:
     if len(raw) < 32:
         raise BatchError(f"cloud_init_registration: munge_key is {len(raw)} bytes: munge needs at least 32.")
     return text
+
+
+# -- the batch_node module's engine ------------------------------------------------------------
+NODE_STATES = ("present", "drained", "resumed", "absent")
+DEFAULT_REASON = "drained by batchvirt.farm"
+
+
+def _summary(statuses: Mapping[str, NodeStatus]) -> Dict[str, Dict[str, Any]]:
+    return {name: status.as_dict() for name, status in statuses.items()}
+
+
+def _jobs_text(statuses: Iterable[NodeStatus]) -> str:
+    return ", ".join(f"{s.name} ({s.jobs} job{'s' if s.jobs != 1 else ''})" for s in statuses)
+
+
+def manage_nodes(
+    adapter: BatchAdapter,
+    names: Iterable[str],
+    state: str,
+    reason: Optional[str] = None,
+    wait: bool = False,
+    wait_timeout: float = 600,
+    poll_interval: float = 5,
+    force: bool = False,
+    register_params: Optional[Mapping[str, Any]] = None,
+    check_mode: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Dict[str, Any]:
+    """Bring ``names`` to ``state`` with one bulk query before acting (and one per poll).
+
+    Returns the module result (``changed``, ``nodes``, ``changed_nodes``, ``diff``); raises
+    :class:`BatchError` (with ``nodes`` set to the last view) on failure. Nothing here kills
+    a job: ``drained`` lets jobs finish, ``absent`` refuses nodes with jobs unless ``force``.
+    """
+    nodes = as_list(names)
+    if not nodes:
+        raise BatchError("name is empty: give one node name or a list of node names.")
+    if state not in NODE_STATES:
+        raise BatchError(f"state={state!r} is not one of {', '.join(NODE_STATES)}.")
+    reason = (reason or "").strip() or DEFAULT_REASON
+    before = adapter.bulk_status(nodes)
+    unknown = [n for n in nodes if not before[n].known]
+    todo: List[str] = []
+    if state in ("drained", "resumed") and unknown:
+        raise BatchError(adapter.unknown_node_message(unknown), nodes=_summary(before))
+    if state == "present":
+        params = dict(register_params or {})
+        todo = [n for n in nodes if not before[n].known]
+        if params.get("address"):
+            todo += [n for n in nodes if before[n].known and before[n].address != params["address"]]
+        if not check_mode:
+            for n in todo:
+                adapter.register(n, status=before[n], **params)
+    elif state == "drained":
+        todo = [n for n in nodes if not before[n].drain or before[n].reason != reason]
+        if todo and not check_mode:
+            adapter.drain(todo, reason)
+    elif state == "resumed":
+        todo = [n for n in nodes if before[n].drain or before[n].state == DOWN]
+        if todo and not check_mode:
+            adapter.resume(todo)
+    else:  # absent
+        present = [n for n in nodes if before[n].known]
+        busy = [before[n] for n in present if before[n].jobs]
+        if busy and not force:
+            raise BatchError(
+                f"{adapter.system}: refusing to remove node(s) with running jobs: {_jobs_text(busy)}. "
+                "Drain them first (state=drained, wait=true), or set force=true to remove them anyway.",
+                nodes=_summary(before),
+            )
+        todo = present
+        if todo and not check_mode:
+            adapter.remove(todo)
+
+    after = before
+    if not check_mode and (todo or wait):
+        if wait and state in ("drained", "present"):
+            after = _wait(adapter, nodes, state, wait_timeout, poll_interval, sleep, clock)
+        else:
+            after = adapter.bulk_status(nodes)
+    result: Dict[str, Any] = {
+        "changed": bool(todo),
+        "changed_nodes": todo,
+        "nodes": _summary(after),
+        "diff": {
+            "before": {n: before[n].state for n in nodes},
+            "after": {n: (state if n in todo else after[n].state) if check_mode else after[n].state for n in nodes},
+        },
+    }
+    return result
+
+
+def _done(status: NodeStatus, state: str) -> bool:
+    if state == "drained":
+        return status.drain and status.jobs == 0 and status.state == DRAINED
+    return status.registered
+
+
+def _wait(
+    adapter: BatchAdapter,
+    nodes: List[str],
+    state: str,
+    timeout: float,
+    interval: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> Dict[str, NodeStatus]:
+    """Poll with ONE bulk query per round until every node is done or ``timeout`` passes."""
+    start = clock()
+    wall_start = time.time()
+    while True:
+        statuses = adapter.bulk_status(nodes)
+        pending = [statuses[n] for n in nodes if not _done(statuses[n], state)]
+        if not pending:
+            return statuses
+        if clock() - start >= timeout:
+            break
+        sleep(max(0.0, min(interval, timeout - (clock() - start))))
+    if state == "drained":
+        busy = [s for s in pending if s.jobs]
+        other = [s for s in pending if not s.jobs]
+        msg = f"{adapter.system}: drain not finished after {timeout:g} s (wait_timeout):"
+        if busy:
+            msg += f" still running jobs: {_jobs_text(busy)};"
+        if other:
+            msg += " not drained: " + ", ".join(f"{s.name} ({s.state})" for s in other) + ";"
+        msg += (
+            " the nodes are left draining and no job was killed. Wait longer (a larger wait_timeout), "
+            "or let the jobs end; state=resumed cancels the drain."
+        )
+    else:
+        msg = (
+            f"{adapter.system}: node(s) not registered after {timeout:g} s (wait_timeout): "
+            + ", ".join(f"{s.name} ({s.state})" for s in pending)
+            + ". Check that the node booted and that its daemon runs and reaches the controller."
+        )
+        hint = adapter.diagnose_registration([s.name for s in pending], since=wall_start)
+        if hint:
+            msg += " " + hint
+    raise BatchError(msg, nodes=_summary(statuses))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._batch import (
@@ -350,6 +351,42 @@ def parse_squeue_text(text: str) -> Dict[str, List[str]]:
     return out
 
 
+def _tail(path: str, size: int = 256 * 1024) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - size))
+        return handle.read().decode("utf-8", "replace")
+
+
+_AUTH_LINE = re.compile(
+    r"^\[(?P<time>[0-9T:.-]+)\] error: .*?\[(?P<peer>[^\]]*\]?:\d+)\] auth_g_verify: "
+    r"(?P<msg>[A-Z_]+) has authentication error"
+)
+
+
+def auth_failures_hint(log_text: str, since: str) -> str:
+    """A hint from slurmctld log lines that show rejected munge credentials after ``since``."""
+    peers: Dict[str, int] = {}
+    kinds: Dict[str, None] = {}
+    for line in log_text.splitlines():
+        m = _AUTH_LINE.match(line)
+        if not m or m.group("time")[:19] < since:
+            continue
+        peer = m.group("peer").rsplit(":", 1)[0].strip("[]")
+        peers[peer] = peers.get(peer, 0) + 1
+        kinds.setdefault(m.group("msg"), None)
+    if not peers:
+        return ""
+    return (
+        "slurmctld rejected munge credentials (authentication error, "
+        + ", ".join(kinds)
+        + ") from "
+        + ", ".join(sorted(peers))
+        + " during the wait: a munge key mismatch. Give the node the controller's /etc/munge/munge.key "
+        "(the batch_controller role exposes it) and restart munge and slurmd there."
+    )
+
+
 # Detected once per bin_dir: does this Slurm answer --json?
 _JSON_SUPPORT: Dict[str, bool] = {}
 
@@ -474,6 +511,28 @@ class SlurmAdapter(BatchAdapter):
         if wanted:
             return {n: selected.get(n) or NodeStatus(name=n, state=ABSENT) for n in wanted}
         return selected
+
+    def controller_log(self) -> str:
+        """The SlurmctldLogFile of the configuration (``scontrol show config``), or ''."""
+        rc, out, _err = self._run(["scontrol", "show", "config"])
+        if rc != 0:
+            return ""
+        for line in out.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "SlurmctldLogFile":
+                value = value.strip()
+                return "" if value in ("(null)", "") else value
+        return ""
+
+    def diagnose_registration(self, nodes: Sequence[str], since: float) -> str:
+        """Read slurmctld's log (when it is on this host) for munge failures since ``since``."""
+        path = self.controller_log()
+        if not path or not os.access(path, os.R_OK):
+            return (
+                "If slurmd logs 'Unable to register: Zero Bytes were transmitted or received', the node's "
+                "munge key is not the controller's (a munge key mismatch)."
+            )
+        return auth_failures_hint(_tail(path), time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since)))
 
     # -- actions -------------------------------------------------------------------------------
     def drain(self, nodes: Iterable[str], reason: str) -> None:
