@@ -73,7 +73,7 @@ def next_version(existing: List[str], today: datetime.date) -> str:
 
 def versions_in(directory: str, identifier: str) -> List[str]:
     """Versions of ``identifier`` present in ``directory`` (from their description files), oldest first."""
-    found = []
+    found: List[str] = []
     prefix = identifier + "-"
     if not os.path.isdir(directory):
         return found

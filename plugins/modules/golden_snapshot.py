@@ -75,8 +75,8 @@ options:
     type: str
   boot:
     description:
-      - Boot information recorded in the description file (same keys as the base image's
-        C(boot): C(modes), C(kernel), C(initrd), C(cmdline)). Default is the image's own bootloader.
+      - Boot information recorded in the description file, with the keys of the base image's C(boot)
+        entry (C(modes), C(kernel), C(initrd), C(cmdline)). Default is the image's own bootloader.
     type: dict
 """
 
