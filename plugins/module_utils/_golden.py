@@ -191,6 +191,25 @@ def write_version(
     return ImageVersion(identifier, version, final, size, sha512, desc_path)
 
 
+def describe_versions(directory: str, identifier: str) -> List[Dict[str, Any]]:
+    """The description of every version of ``identifier`` in ``directory``, oldest first."""
+    described = []
+    for version in versions_in(directory, identifier):
+        with open(os.path.join(directory, "%s-%s.json" % (identifier, version))) as handle:
+            data = json.load(handle)
+        described.append(
+            {
+                "identifier": identifier,
+                "version": version,
+                "path": data.get("file", ""),
+                "size": data.get("size", 0),
+                "sha512": data.get("sha512", ""),
+                "format": data.get("format", "qcow2"),
+            }
+        )
+    return described
+
+
 def prune(directory: str, identifier: str, keep: int) -> List[str]:
     """Remove all but the newest ``keep`` versions (image and description); return the removed versions."""
     if keep < 1:

@@ -120,6 +120,20 @@ shut_down:
   description: Whether the golden VM was running and was shut down for the snapshot.
   returned: always
   type: bool
+versions:
+  description:
+    - Every version of O(identifier) kept in O(directory), oldest first, ready to be handed to
+      M(batchvirt.farm.image_list) (its sha512 and size need no second read of the files).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    identifier: {description: Image identifier., type: str, returned: always}
+    version: {description: Version., type: str, returned: always}
+    path: {description: Absolute path of the qcow2 file., type: str, returned: always}
+    size: {description: Size in bytes., type: int, returned: always}
+    sha512: {description: SHA-512 of the file., type: str, returned: always}
+    format: {description: Image format., type: str, returned: always}
 """
 
 import datetime
@@ -164,7 +178,13 @@ def main() -> None:
             "description": base + ".json",
         }
         if version in existing:
-            module.exit_json(changed=False, image=planned, removed=[], shut_down=False)
+            module.exit_json(
+                changed=False,
+                image=planned,
+                removed=[],
+                shut_down=False,
+                versions=_golden.describe_versions(p["directory"], p["identifier"]),
+            )
         conn = connect(p["uri"])
         try:
             domain = conn.lookupByName(p["name"])
@@ -174,7 +194,13 @@ def main() -> None:
             ) from None
         source = _golden.disk_source(domain.XMLDesc(0), p["disk"])
         if module.check_mode:
-            module.exit_json(changed=True, image=planned, removed=[], shut_down=bool(domain.isActive()))
+            module.exit_json(
+                changed=True,
+                image=planned,
+                removed=[],
+                shut_down=bool(domain.isActive()),
+                versions=_golden.describe_versions(p["directory"], p["identifier"]),
+            )
         was_running = _golden.shutdown(domain, p["shutdown_timeout"])
         try:
             extra = {"boot": p["boot"]} if p["boot"] else None
@@ -187,7 +213,13 @@ def main() -> None:
         removed = _golden.prune(p["directory"], p["identifier"], p["keep"])
     except (_golden.GoldenError, FarmLibvirtError) as exc:
         module.fail_from(exc)
-    module.exit_json(changed=True, image=image.to_dict(), removed=removed, shut_down=was_running)
+    module.exit_json(
+        changed=True,
+        image=image.to_dict(),
+        removed=removed,
+        shut_down=was_running,
+        versions=_golden.describe_versions(p["directory"], p["identifier"]),
+    )
 
 
 if __name__ == "__main__":

@@ -145,3 +145,16 @@ def test_failed_convert_leaves_nothing_behind(tmp_path):
     with pytest.raises(_golden.GoldenError, match="qemu-img convert of .*missing.qcow2 failed"):
         _golden.write_version(str(tmp_path / "missing.qcow2"), str(tmp_path / "out"), "worker", "20261121.1")
     assert os.listdir(str(tmp_path / "out")) == []
+
+
+@needs_qemu_img
+def test_describe_versions_lists_what_prune_kept(tmp_path):
+    disk = tmp_path / "golden.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "4M"], check=True)
+    out = str(tmp_path / "out")
+    for version in ("20261120.1", "20261121.1", "20261121.2"):
+        _golden.write_version(str(disk), out, "worker", version, compression="none")
+    _golden.prune(out, "worker", keep=2)
+    described = _golden.describe_versions(out, "worker")
+    assert [d["version"] for d in described] == ["20261121.1", "20261121.2"]
+    assert all(len(d["sha512"]) == 128 and d["size"] > 0 and os.path.exists(d["path"]) for d in described)
