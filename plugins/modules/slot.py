@@ -1,0 +1,610 @@
+#!/usr/bin/python
+# Copyright (c) batchvirt.farm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The slot module: VM slots on a hypervisor (one, a list, or a whole layout in one call)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: slot
+short_description: VM slots on a hypervisor, booted from a copy-on-write overlay of a staged image
+version_added: 0.1.0
+description:
+  - Defines, starts, drains and removes the worker VM slots of one hypervisor.
+  - Each slot is a libvirt domain booting from a qcow2 overlay (in the storage pool O(pool)) whose
+    backing file is a staged image, so creating a slot costs the same for a 1 GiB or a 20 GiB image.
+  - Each slot gets a cloud-init NoCloud seed ISO (user-data, meta-data, network-config) and carries its
+    lifetime (C(created_at), C(drain_at), C(deadline)) and an operator drain request in its own libvirt
+    metadata; its lifecycle state (see C(docs/slots.md)) is derived from that metadata and the clock.
+  - One slot with O(name); many in one call with O(slots) or O(layout) (the C(vm_slots) role uses
+    O(layout): one module call per hypervisor, not one per slot).
+  - The UUID and MAC address of a slot derive from O(hypervisor) and the slot name, so they are the
+    same on every run. A rerun changes nothing when the definition is up to date and never moves a
+    slot's metadata times.
+  - The clock can be set with the environment variable C(BATCHVIRT_FARM_NOW) (an ISO-8601 UTC time),
+    for tests and dry runs of the lifecycle.
+author:
+  - batchvirt.farm contributors
+extends_documentation_fragment:
+  - batchvirt.farm.libvirt
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details:
+      - The domain XML before and after, and the metadata before and after a drain request.
+  idempotent:
+    support: full
+  platform:
+    platforms: posix
+options:
+  name:
+    description:
+      - The name of one slot (the libvirt domain name).
+      - Mutually exclusive with O(slots) and O(layout).
+    type: str
+  slots:
+    description:
+      - Many slots in one call. Each entry is a slot name plus what differs from the module's
+        top-level options, which are the defaults for every entry.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: The slot name.
+        type: str
+        required: true
+      vcpus:
+        description: vCPUs of this slot.
+        type: int
+      memory_mib:
+        description: Memory of this slot in MiB.
+        type: int
+      disk_size_gib:
+        description: Overlay size of this slot in GiB.
+        type: int
+      network:
+        description: Keys of O(network) that differ for this slot (for example C(address), C(mac), C(ssh_port)).
+        type: dict
+      worker_type:
+        description: The worker type of this slot.
+        type: str
+      batch_node:
+        description: The batch node name of this slot (default the slot name).
+        type: str
+      cloud_init:
+        description: The cloud-config of this slot (replaces O(cloud_init)).
+        type: dict
+  layout:
+    description:
+      - Lay out this hypervisor's slots in one call, named C(<hypervisor>-slot-NN), from the host's
+        capacity (its memory after the host reservation and the QEMU overhead per VM, and its CPUs).
+      - Fails, without creating anything, when an explicit O(layout.count) does not fit.
+    type: dict
+    suboptions:
+      count:
+        description:
+          - How many slots, or V(auto) for as many as fit (one per usable CPU within memory).
+        type: str
+        default: auto
+      index:
+        description:
+          - This hypervisor's index in the farm (0, 1, ...); slot C(n) takes the pool address number
+            O(layout.index) * O(layout.stride) + C(n), so addresses never collide across hypervisors.
+        type: int
+        default: 0
+      stride:
+        description: Addresses kept per hypervisor; the same for the whole farm, at least the slot count.
+        type: int
+        default: 32
+      address_pool:
+        description: The site pool static addresses come from (bridge or libvirt network mode).
+        type: dict
+        suboptions:
+          network:
+            description: The IPv4 network, for example V(192.0.2.0/24).
+            type: str
+            required: true
+          first:
+            description: The first address to use (default the network's first host).
+            type: str
+          last:
+            description: The last address to use (default the network's last host).
+            type: str
+          gateway:
+            description: The default gateway (never given to a slot).
+            type: str
+          dns:
+            description: Name servers.
+            type: list
+            elements: str
+      ssh_port_base:
+        description: User-mode networking only; slot C(n) forwards 127.0.0.1:(O(layout.ssh_port_base) + n - 1) to its SSH port.
+        type: int
+      reserved_memory_mib:
+        description: Memory kept for the host (default 2048).
+        type: int
+      reserved_cpus:
+        description: CPUs kept for the host (default 1).
+        type: int
+      qemu_overhead_mib:
+        description: Host memory per VM beyond its guest memory (default 200, plus the 128 MiB TCG cache for V(qemu) domains).
+        type: int
+      overcommit_cpu:
+        description: vCPUs per usable host CPU.
+        type: float
+        default: 1.0
+  state:
+    description:
+      - V(present) the slot is defined (not started); V(running) defined and running (a stopped slot is started,
+        a missing one created); V(draining) records an operator drain request with O(drain_reason) in its metadata;
+        V(absent) removes the domain, its overlay and its seed ISO.
+      - V(absent) refuses a slot that is neither stopped, drained nor past its deadline unless O(force=true).
+    type: str
+    choices: [present, running, draining, absent]
+    default: running
+  hypervisor:
+    description:
+      - The hypervisor's name as the farm knows it (recorded in the metadata, part of the UUID and MAC derivation).
+      - Default the host's short host name as libvirt reports it.
+    type: str
+  image:
+    description: The image the overlay is backed by.
+    type: dict
+    suboptions:
+      identifier:
+        description: The image identifier (as in the image list); with O(image.version), a staged image of the cache.
+        type: str
+      version:
+        description: The image version.
+        type: str
+      path:
+        description: An image file on the hypervisor instead of a cached one.
+        type: path
+      format:
+        description: The image's format (default from the cache or the file header).
+        type: str
+        choices: [qcow2, raw]
+      sha512:
+        description: The image's sha512, recorded in the metadata when O(image.path) is used.
+        type: str
+      cache_root:
+        description: The image cache's directory.
+        type: path
+        default: /var/lib/batchvirt/images
+  vcpus:
+    description: vCPUs per slot.
+    type: int
+    default: 1
+  memory_mib:
+    description: Memory per slot in MiB.
+    type: int
+    default: 2048
+  disk_size_gib:
+    description: Virtual size of the overlay in GiB, at least the image's virtual size (default the image's).
+    type: int
+  domain_type:
+    description: The libvirt domain type; default V(kvm) where the host offers it with hardware virtualisation, else V(qemu).
+    type: str
+    choices: [kvm, qemu]
+  boot:
+    description: How the slot boots.
+    type: dict
+    suboptions:
+      mode:
+        description: V(bootloader) (the image's own) or V(kernel) (direct kernel boot).
+        type: str
+        choices: [bootloader, kernel]
+        default: bootloader
+      kernel:
+        description: The kernel file on the hypervisor (default from the image description).
+        type: path
+      initrd:
+        description: The initrd file on the hypervisor.
+        type: path
+      cmdline:
+        description: The kernel command line.
+        type: str
+      description:
+        description: The image description JSON with a C(boot) section (default the image path with C(.json)).
+        type: path
+  network:
+    description: The slot's network.
+    type: dict
+    suboptions:
+      mode:
+        description:
+          - V(user) QEMU user-mode networking with an SSH forward on O(network.ssh_host):O(network.ssh_port) (laptops, CI);
+            V(bridge) a host bridge with a static address; V(network) a libvirt network.
+        type: str
+        choices: [user, bridge, network]
+        default: user
+      bridge:
+        description: The host bridge (V(bridge) mode); it must exist.
+        type: str
+      network:
+        description: The libvirt network (V(network) mode); it must exist.
+        type: str
+      address:
+        description: The static address with its prefix, for example V(192.0.2.10/24) (written to network-config).
+        type: str
+      gateway:
+        description: The default gateway for a static address.
+        type: str
+      dns:
+        description: Name servers for a static address.
+        type: list
+        elements: str
+      mac:
+        description: The MAC address (default derived from the hypervisor and slot name).
+        type: str
+      ssh_host:
+        description: The host address the SSH forward binds to (V(user) mode).
+        type: str
+        default: 127.0.0.1
+      ssh_port:
+        description: The host port of the SSH forward (V(user) mode); none when unset.
+        type: int
+      ssh_user:
+        description: The user to SSH in as (reported in the result).
+        type: str
+        default: root
+  cloud_init:
+    description: The site's cloud-config (a dict), merged with O(ssh_authorized_keys) and the batch registration.
+    type: dict
+  ssh_authorized_keys:
+    description: SSH public keys for the guest's default user.
+    type: list
+    elements: str
+  lifetime:
+    description: Seconds from creation until the slot starts draining; must be positive.
+    type: int
+    default: 604800
+  lifetime_spread:
+    description: Up to this many seconds less lifetime, stable per slot name, so a farm does not drain at once.
+    type: int
+    default: 0
+  max_job_walltime:
+    description: The longest job walltime in seconds; C(deadline) is C(drain_at) plus this.
+    type: int
+    default: 172800
+  worker_type:
+    description: The worker type (recorded in the metadata, for inventory groups).
+    type: str
+  batch:
+    description:
+      - The batch system. With O(batch.controller), the user-data makes the VM register itself at boot.
+      - With O(batch.system), V(absent) asks the batch system (one bulk query) whether the slot still runs jobs.
+    type: dict
+    suboptions:
+      system:
+        description: The batch system.
+        type: str
+        choices: [slurm, htcondor]
+        default: slurm
+      node_name:
+        description: The node name in the batch system (default the slot name).
+        type: str
+      controller:
+        description: The controller's address as the guest reaches it.
+        type: str
+      munge_key:
+        description: The munge key (base64 text, as slurped) for Slurm.
+        type: str
+      features:
+        description: Node features.
+        type: list
+        elements: str
+      slurm_conf:
+        description: The text of slurm.conf for the guest (else configless mode).
+        type: str
+      dynamic:
+        description: Register as a dynamic Slurm node.
+        type: bool
+        default: true
+      controller_port:
+        description: The controller's port.
+        type: int
+        default: 6817
+  drain_reason:
+    description: Why the slot is drained (required with O(state=draining)).
+    type: str
+  force:
+    description: Remove a slot even while it may run jobs (O(state=absent)).
+    type: bool
+    default: false
+  pool:
+    description: The libvirt storage pool for overlays and seed ISOs.
+    type: str
+    default: batchvirt-slots
+  overlay:
+    description:
+      - The overlay; V(qcow2) in O(pool), or V(lvm), a snapshot of the image's logical volume (untested on
+        hosts without device-mapper).
+    type: dict
+    suboptions:
+      type:
+        description: The overlay kind.
+        type: str
+        choices: [qcow2, lvm]
+        default: qcow2
+      volume_group:
+        description: The LVM volume group (V(lvm)).
+        type: str
+      origin:
+        description: The image's logical volume in O(overlay.volume_group) (V(lvm)).
+        type: str
+notes:
+  - Runs on the hypervisor (seed ISOs and console logs are written locally).
+seealso:
+  - name: Slots
+    description: The lifecycle table, metadata schema and examples (docs/slots.md in the collection).
+    link: https://github.com/batchvirt/farm/blob/main/docs/slots.md
+"""
+
+EXAMPLES = r"""
+- name: One slot with user-mode networking and an SSH forward on 127.0.0.1:10022
+  batchvirt.farm.slot:
+    name: hv01-slot-01
+    image:
+      identifier: worker-el9
+      version: "20261101.1"
+    vcpus: 2
+    memory_mib: 4096
+    network:
+      mode: user
+      ssh_port: 10022
+    ssh_authorized_keys:
+      - "{{ lookup('ansible.builtin.file', '~/.ssh/id_ed25519.pub') }}"
+    lifetime: 86400
+    lifetime_spread: 3600
+    max_job_walltime: 172800
+
+- name: Lay out this hypervisor's slots on a bridge, addresses from the site pool
+  batchvirt.farm.slot:
+    hypervisor: "{{ inventory_hostname_short }}"
+    layout:
+      count: auto
+      index: "{{ groups['hypervisors'].index(inventory_hostname) }}"
+      address_pool:
+        network: 192.0.2.0/24
+        first: 192.0.2.10
+        gateway: 192.0.2.1
+    image:
+      identifier: worker-el9
+      version: "20261101.1"
+    network:
+      mode: bridge
+      bridge: br0
+
+- name: Drain a slot for a kernel update
+  batchvirt.farm.slot:
+    name: hv01-slot-01
+    state: draining
+    drain_reason: kernel update 2026-11
+
+- name: Remove it once drained
+  batchvirt.farm.slot:
+    name: hv01-slot-01
+    state: absent
+"""
+
+RETURN = r"""
+slots:
+  description: One entry per slot, in the order asked.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The slot name.
+      type: str
+    changed:
+      description: Whether this slot changed.
+      type: bool
+    actions:
+      description: What was done (or would be, in check mode).
+      type: list
+      elements: str
+    lifecycle:
+      description: The derived lifecycle state (stopped, expired, drained, draining, provisioning, expiring, active).
+      type: str
+    running:
+      description: Whether the domain runs.
+      type: bool
+    metadata:
+      description: The slot metadata (times as UTC ISO-8601).
+      type: dict
+    addresses:
+      description: Static addresses of the slot.
+      type: list
+      elements: str
+    ssh:
+      description: The SSH endpoint (host, port, user).
+      type: dict
+  sample:
+    - name: hv01-slot-01
+      changed: true
+      actions: [create overlay, create seed ISO, define, start]
+      lifecycle: provisioning
+      running: true
+      addresses: []
+      ssh: {host: 127.0.0.1, port: 10022, user: root}
+name:
+  description: The slot name (with O(name)).
+  returned: when O(name) is given
+  type: str
+  sample: hv01-slot-01
+lifecycle:
+  description: The slot's lifecycle state (with O(name)).
+  returned: when O(name) is given
+  type: str
+  sample: provisioning
+metadata:
+  description: The slot metadata (with O(name)).
+  returned: when O(name) is given
+  type: dict
+  sample:
+    name: hv01-slot-01
+    hypervisor: hv01
+    created_at: "2026-11-21T06:00:00Z"
+    drain_at: "2026-11-22T06:00:00Z"
+    deadline: "2026-11-24T06:00:00Z"
+addresses:
+  description: Static addresses (with O(name)).
+  returned: when O(name) is given
+  type: list
+  elements: str
+  sample: ["192.0.2.10/24"]
+ssh:
+  description: The SSH endpoint (with O(name)).
+  returned: when O(name) is given
+  type: dict
+  sample: {host: 127.0.0.1, port: 10022, user: root}
+"""
+
+from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import FarmLibvirtError, connect  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot import SlotError, run  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_clock import farm_now  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import SlotMetadataError  # noqa: E402
+
+_ADDRESS_POOL = {
+    "network": {"type": "str", "required": True},
+    "first": {"type": "str"},
+    "last": {"type": "str"},
+    "gateway": {"type": "str"},
+    "dns": {"type": "list", "elements": "str"},
+}
+ARGUMENT_SPEC = {
+    "name": {"type": "str"},
+    "slots": {
+        "type": "list",
+        "elements": "dict",
+        "options": {
+            "name": {"type": "str", "required": True},
+            "vcpus": {"type": "int"},
+            "memory_mib": {"type": "int"},
+            "disk_size_gib": {"type": "int"},
+            "network": {"type": "dict"},
+            "worker_type": {"type": "str"},
+            "batch_node": {"type": "str"},
+            "cloud_init": {"type": "dict"},
+        },
+    },
+    "layout": {
+        "type": "dict",
+        "options": {
+            "count": {"type": "str", "default": "auto"},
+            "index": {"type": "int", "default": 0},
+            "stride": {"type": "int", "default": 32},
+            "address_pool": {"type": "dict", "options": _ADDRESS_POOL},
+            "ssh_port_base": {"type": "int"},
+            "reserved_memory_mib": {"type": "int"},
+            "reserved_cpus": {"type": "int"},
+            "qemu_overhead_mib": {"type": "int"},
+            "overcommit_cpu": {"type": "float", "default": 1.0},
+        },
+    },
+    "state": {"type": "str", "choices": ["present", "running", "draining", "absent"], "default": "running"},
+    "hypervisor": {"type": "str"},
+    "image": {
+        "type": "dict",
+        "options": {
+            "identifier": {"type": "str"},
+            "version": {"type": "str"},
+            "path": {"type": "path"},
+            "format": {"type": "str", "choices": ["qcow2", "raw"]},
+            "sha512": {"type": "str"},
+            "cache_root": {"type": "path", "default": "/var/lib/batchvirt/images"},
+        },
+    },
+    "vcpus": {"type": "int", "default": 1},
+    "memory_mib": {"type": "int", "default": 2048},
+    "disk_size_gib": {"type": "int"},
+    "domain_type": {"type": "str", "choices": ["kvm", "qemu"]},
+    "boot": {
+        "type": "dict",
+        "options": {
+            "mode": {"type": "str", "choices": ["bootloader", "kernel"], "default": "bootloader"},
+            "kernel": {"type": "path"},
+            "initrd": {"type": "path"},
+            "cmdline": {"type": "str"},
+            "description": {"type": "path"},
+        },
+    },
+    "network": {
+        "type": "dict",
+        "options": {
+            "mode": {"type": "str", "choices": ["user", "bridge", "network"], "default": "user"},
+            "bridge": {"type": "str"},
+            "network": {"type": "str"},
+            "address": {"type": "str"},
+            "gateway": {"type": "str"},
+            "dns": {"type": "list", "elements": "str"},
+            "mac": {"type": "str"},
+            "ssh_host": {"type": "str", "default": "127.0.0.1"},
+            "ssh_port": {"type": "int"},
+            "ssh_user": {"type": "str", "default": "root"},
+        },
+    },
+    "cloud_init": {"type": "dict"},
+    "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
+    "lifetime": {"type": "int", "default": 604800},
+    "lifetime_spread": {"type": "int", "default": 0},
+    "max_job_walltime": {"type": "int", "default": 172800},
+    "worker_type": {"type": "str"},
+    "batch": {
+        "type": "dict",
+        "options": {
+            "system": {"type": "str", "choices": ["slurm", "htcondor"], "default": "slurm"},
+            "node_name": {"type": "str"},
+            "controller": {"type": "str"},
+            "munge_key": {"type": "str", "no_log": True},
+            "features": {"type": "list", "elements": "str"},
+            "slurm_conf": {"type": "str"},
+            "dynamic": {"type": "bool", "default": True},
+            "controller_port": {"type": "int", "default": 6817},
+        },
+    },
+    "drain_reason": {"type": "str"},
+    "force": {"type": "bool", "default": False},
+    "pool": {"type": "str", "default": "batchvirt-slots"},
+    "overlay": {
+        "type": "dict",
+        "options": {
+            "type": {"type": "str", "choices": ["qcow2", "lvm"], "default": "qcow2"},
+            "volume_group": {"type": "str"},
+            "origin": {"type": "str"},
+        },
+    },
+}
+
+
+def main() -> None:
+    module = FarmModule(
+        argument_spec=ARGUMENT_SPEC,
+        needs_libvirt=True,
+        supports_check_mode=True,
+        mutually_exclusive=[("name", "slots", "layout")],
+        required_one_of=[("name", "slots", "layout")],
+        required_if=[("state", "draining", ("drain_reason",))],
+    )
+    try:
+        now = farm_now()
+        conn = connect(module.params["uri"])
+        try:
+            result = run(module, conn, now)
+        finally:
+            conn.close()
+    except (SlotError, SlotMetadataError, FarmLibvirtError) as exc:
+        module.fail_from(exc, option=getattr(exc, "option", "") or getattr(exc, "field_name", ""))
+    except Exception as exc:  # libvirt errors not anticipated above: fail with their message
+        module.fail_from(exc, msg=f"slot: {exc}")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
