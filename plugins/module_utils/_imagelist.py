@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -979,7 +980,7 @@ def fetch(
                 "too_large",
                 "max_size",
             )
-        return _read_limited(resp, max_bytes)
+        return _read_limited(resp, max_bytes, time.monotonic() + timeout)
     except ImageListError:
         raise
     except Exception as exc:  # urllib raises many types: HTTPError, URLError, socket.timeout, ...
@@ -992,8 +993,25 @@ def fetch(
         ) from None
 
 
-def _read_limited(fh: IO[bytes], max_bytes: int) -> bytes:
-    data = fh.read(max_bytes + 1)
+def _read_limited(fh: IO[bytes], max_bytes: int, deadline: Optional[float] = None) -> bytes:
+    """Read at most ``max_bytes`` (+1 to notice more); a server that trickles bytes slower than
+    the whole-transfer ``deadline`` (a ``time.monotonic()`` value) is given up on."""
+    chunks: List[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        chunk = fh.read(min(CHUNK, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if deadline is not None and time.monotonic() > deadline:
+            raise ImageListError(
+                f"url: the transfer did not finish within the timeout ({total} bytes read); "
+                "check the server, or raise O(timeout)",
+                "fetch_failed",
+                "url",
+            )
+    data = b"".join(chunks)
     check_size(data, max_bytes)
     return data
 

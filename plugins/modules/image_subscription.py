@@ -74,7 +74,7 @@ options:
     type: int
     default: 16777216
   timeout:
-    description: Seconds to wait for the list server.
+    description: Seconds to wait for the list server, and the limit for the whole transfer.
     type: int
     default: 30
   validate_certs:
@@ -165,6 +165,11 @@ reason:
       V(cache_error).
   returned: failure
   type: str
+field:
+  description: The list field or module option at fault when the list was refused.
+  returned: failure
+  type: str
+  sample: hv:imagelist.hv:endorser.hv:x509.hv:dn
 """
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache, ImageCacheError  # noqa: E402

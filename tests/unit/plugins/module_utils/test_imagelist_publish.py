@@ -259,3 +259,23 @@ def test_created_time_is_whole_seconds(pki, files, tmp_path):
     now = pki.now + datetime.timedelta(microseconds=123456)
     result = publish(pki, tmp_path / "l", images(files), now=now)
     assert result["created"] == il.format_time(pki.now)
+
+
+class _Trickle:
+    """A response that hands out one byte per read while the clock runs."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def read(self, _n):
+        self.clock[0] += 1.0
+        return b"x"
+
+
+def test_trickling_server_hits_the_deadline(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(il.time, "monotonic", lambda: clock[0])
+    with pytest.raises(il.ImageListError) as err:
+        il._read_limited(_Trickle(clock), 1000, deadline=10.0)
+    assert err.value.reason == "fetch_failed"
+    assert "did not finish within the timeout (11 bytes read)" in str(err.value)

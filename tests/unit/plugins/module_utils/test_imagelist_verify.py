@@ -96,6 +96,11 @@ def test_signer_from_untrusted_ca(pki):
     refused(pki, data, "untrusted_ca", "not issued by a CA in ca_dir", "add the endorser's CA to ca_dir")
 
 
+def test_self_signed_signer(pki):
+    data = sign_obj(list_obj(pki, signer=pki.rogue), pki.rogue)
+    refused(pki, data, "untrusted_ca", "not issued by a CA in ca_dir")
+
+
 def test_system_trust_store_is_not_used(pki, tmp_path):
     """Only ca_dir counts: a directory with another CA refuses the endorser."""
     other = tmp_path / "ca"
