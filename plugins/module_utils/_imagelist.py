@@ -53,6 +53,7 @@ REASONS = (
     "fetch_failed",
     "bad_ca_dir",
     "openssl_missing",
+    "missing_library",
     "signing_failed",
 )
 
@@ -761,7 +762,14 @@ def verify_signature(
 ) -> Signed:
     """Verify an S/MIME (detached or opaque) signature with ``openssl smime -verify`` against
     the CAs in ``ca_dir`` only (never the system trust store), with the chain checked at ``now``."""
-    from cryptography import x509
+    try:
+        from cryptography import x509
+    except ImportError:
+        raise ImageListError(
+            "verifying image lists needs the Python 'cryptography' package on this host (it reads the signer "
+            "certificate); install python3-cryptography or 'pip install cryptography'",
+            "missing_library",
+        ) from None
 
     now = now or utcnow()
     openssl = _openssl()

@@ -161,7 +161,7 @@ reason:
     - Why the list was refused, one of V(bad_signature), V(untrusted_ca), V(signer_expired),
       V(endorser_mismatch), V(expired), V(created_in_future), V(version_rollback),
       V(version_incomparable), V(identifier_mismatch), V(malformed), V(too_large),
-      V(hostile_identifier), V(forbidden_uri), V(fetch_failed), V(bad_ca_dir), V(openssl_missing),
+      V(hostile_identifier), V(forbidden_uri), V(fetch_failed), V(bad_ca_dir), V(openssl_missing), V(missing_library),
       V(cache_error).
   returned: failure
   type: str
