@@ -691,9 +691,13 @@ class SlotManager:
     def _create_seed(self, plan: Dict[str, Any], meta: SlotMetadata) -> Any:
         data = _seed.build_iso(self.seed_files(plan, meta))
         vol = plan["pool"].createXML(raw_volume_xml(os.path.basename(plan["spec"].seed_path), len(data)), 0)
-        with open(vol.path(), "r+b") as handle:
-            handle.write(data)
-        os.chmod(vol.path(), 0o600)  # user-data may carry the munge key
+        try:
+            with open(vol.path(), "r+b") as handle:
+                handle.write(data)
+            os.chmod(vol.path(), 0o600)  # user-data may carry the munge key
+        except OSError:
+            vol.delete(0)
+            raise
         return vol
 
     def _run(self, argv: List[str]) -> None:

@@ -15,14 +15,17 @@ import tempfile
 
 CACHE = os.environ.get("BVT_TINYGUEST_CACHE", "/var/cache/batchvirt-test/tinyguest")
 MARKER = "BATCHVIRT-TINYGUEST-UP"
-INIT = """#!/bin/busybox sh
+INIT = (
+    """#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 echo "%s $(cat /proc/cmdline)" > /dev/ttyS0
 while true; do sleep 3600; done
-""" % MARKER
+"""
+    % MARKER
+)
 
 
 def _kernel_package() -> str:
@@ -38,7 +41,7 @@ def _kernel_package() -> str:
 
 def _download(package: str, into: str) -> str:
     subprocess.run(["apt-get", "download", package], cwd=into, capture_output=True, check=True)
-    found = glob.glob(os.path.join(into, package.split(":")[0] + "_*.deb"))
+    found = glob.glob(os.path.join(into, package.split(":", maxsplit=1)[0] + "_*.deb"))
     if not found:
         raise RuntimeError(f"apt-get download {package} produced no .deb in {into}")
     return found[0]
@@ -59,7 +62,19 @@ def _cpio_newc(root: str, out_path: str) -> None:
     def add(name: str, mode: int, body: bytes, ino: int) -> None:
         namez = name.encode() + b"\0"
         header = "070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x" % (
-            ino, mode, 0, 0, 1, 0, len(body), 0, 0, 0, 0, len(namez), 0
+            ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            len(body),
+            0,
+            0,
+            0,
+            0,
+            len(namez),
+            0,
         )
         data.extend(header.encode() + namez)
         data.extend(b"\0" * ((4 - len(data) % 4) % 4))
