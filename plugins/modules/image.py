@@ -267,7 +267,6 @@ def main() -> None:
         needs_libvirt=True,
         supports_check_mode=True,
         required_if=[("state", "present", ("identifier",)), ("state", "absent", ("identifier",))],
-        required_together=[("source", "size")],
     )
     conn = None
     try:
