@@ -253,7 +253,7 @@ def parse_dn(text: str, field_name: str = "DN") -> DN:
             if "=" not in part:
                 raise ImageListError(f"{field_name}: cannot read {text!r} as a DN", "malformed", field_name)
             for ava in _split_unescaped(part, "+") if "+" in part else [part]:
-                name, _, value = ava.partition("=")
+                name, _sep, value = ava.partition("=")
                 pairs.append((_attr(name), _norm_value(value.replace("\\/", "/"))))
     else:
         rdns = [r for r in _split_unescaped(text, ",") if r.strip()]
@@ -1193,8 +1193,7 @@ def publish(
     same = old is not None and old.content() == candidate.content()
     renew = old is not None and old.expires - now <= datetime.timedelta(days=renew_before)
     result: Dict[str, Any] = {"changed": False, "path": path}
-    if same and not renew and (not version or version == old.version):  # type: ignore[union-attr]
-        assert old is not None
+    if old is not None and same and not renew and (not version or version == old.version):
         result.update(_summary(old))
         current_mode = os.stat(path).st_mode & 0o7777
         if current_mode != mode:

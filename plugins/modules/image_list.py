@@ -21,7 +21,7 @@ description:
   - The trust model and the checks subscribers run are described in the collection's
     C(docs/images-trust.md).
 author:
-  - batchvirt.farm contributors
+  - batchvirt.farm maintainers (@batchvirt)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -32,6 +32,7 @@ attributes:
     details: The diff shows the list's JSON before and after.
   idempotent:
     support: full
+    description: A second run with the same inputs leaves the file untouched and reports no change.
   platform:
     platforms: posix
 requirements:

@@ -24,7 +24,7 @@ description:
   - It never downloads an image and never marks one ready; M(batchvirt.farm.image) stages them.
   - The trust model and every error are described in the collection's C(docs/images-trust.md).
 author:
-  - batchvirt.farm contributors
+  - batchvirt.farm maintainers (@batchvirt)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -35,6 +35,7 @@ attributes:
     support: none
   idempotent:
     support: full
+    description: Accepting the same list version again records nothing new and reports no change.
   platform:
     platforms: posix
 requirements:

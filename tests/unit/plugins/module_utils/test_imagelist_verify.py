@@ -80,7 +80,7 @@ def test_tampered_body_is_a_bad_signature(pki):
 
 def test_tampered_opaque_signature_is_refused(pki):
     data = sign_obj(list_obj(pki), pki.endorser, detached=False)
-    head, _, body = data.partition(b"\n\n")
+    head, _sep, body = data.partition(b"\n\n")
     lines = body.splitlines()
     middle = len(lines) // 3
     lines[middle] = lines[middle][:10] + (b"A" if lines[middle][10:11] != b"A" else b"B") + lines[middle][11:]
