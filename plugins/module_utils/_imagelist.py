@@ -307,6 +307,7 @@ _LIST_KNOWN = (
     "dc:date:expires",
     "hv:endorser",
     "hv:uri",
+    "dc:source",
     "hv:images",
 )
 
@@ -377,6 +378,7 @@ class ImageList:
     title: str = ""
     description: str = ""
     uri: str = ""
+    source: str = ""
     extra: Dict[str, Any] = field(default_factory=dict)
     endorser_extra: Dict[str, Any] = field(default_factory=dict)  # siblings of hv:x509
 
@@ -394,6 +396,7 @@ class ImageList:
                 "dc:date:expires": format_time(self.expires),
                 "hv:endorser": endorser,
                 "hv:uri": self.uri,
+                "dc:source": self.source,
                 "hv:images": [i.to_obj() for i in self.images],
             }
         )
@@ -570,6 +573,7 @@ def from_obj(obj: Any, allow_file_uri: bool = False) -> ImageList:
         title=_str(body, "dc:title", where, required=False),
         description=_str(body, "dc:description", where, required=False),
         uri=uri,
+        source=_str(body, "dc:source", where, required=False),
         extra={k: v for k, v in body.items() if k not in _LIST_KNOWN},
         endorser_extra={k: v for k, v in endorser_obj.items() if k != "hv:x509"},
     )
@@ -828,12 +832,23 @@ def verify_signature(
             "signature",
         )
     return Signed(
-        body=body,
+        body=_strip_text_header(body),
         signer_subject=name_to_dn(cert.subject),
         signer_issuer=name_to_dn(cert.issuer),
         signer_subject_text=name_to_slash(cert.subject),
         signer_issuer_text=name_to_slash(cert.issuer),
     )
+
+
+def _strip_text_header(body: bytes) -> bytes:
+    """Content signed with ``openssl smime -sign -text`` carries a ``Content-Type: text/plain``
+    MIME header before the JSON; drop it."""
+    if body[:13].lower() == b"content-type:":
+        for sep in (b"\r\n\r\n", b"\n\n"):
+            head, found, rest = body.partition(sep)
+            if found and b"{" not in head:
+                return rest
+    return body
 
 
 _CASTORE: Dict[str, bool] = {}
@@ -864,7 +879,7 @@ def extract_unverified(data: bytes) -> bytes:
         if proc.returncode != 0:
             raise ImageListError("the existing list file is not a readable S/MIME signed list", "bad_signature", "path")
         with open(out, "rb") as fh:
-            return fh.read()
+            return _strip_text_header(fh.read())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -1140,6 +1155,7 @@ def publish(
     title: str = "",
     description: str = "",
     uri: str = "",
+    source: str = "",
     version: Optional[str] = None,
     expires_in: int = 28,
     renew_before: int = 7,
@@ -1186,6 +1202,7 @@ def publish(
         title=title,
         description=description,
         uri=uri,
+        source=source,
         extra=dict(extra or {}),
     )
     # validate the list-level extra fields and the whole document as subscribers will read it

@@ -61,6 +61,10 @@ options:
     description: The list's own C(hv:uri), the URL subscribers fetch it from.
     type: str
     default: ""
+  source:
+    description: The list's C(dc:source), the publisher's home page (some subscribers such as atrope require the field).
+    type: str
+    default: ""
   version:
     description:
       - The C(hv:version) to publish. When omitted, a new list starts at V(1) and every change
@@ -284,6 +288,7 @@ def main() -> None:
             "title": {"type": "str", "default": ""},
             "description": {"type": "str", "default": ""},
             "uri": {"type": "str", "default": ""},
+            "source": {"type": "str", "default": ""},
             "version": {"type": "str"},
             "expires_in": {"type": "int", "default": 28},
             "renew_before": {"type": "int", "default": 7},
@@ -317,6 +322,7 @@ def main() -> None:
             title=p["title"],
             description=p["description"],
             uri=p["uri"],
+            source=p["source"],
             version=p["version"],
             expires_in=p["expires_in"],
             renew_before=p["renew_before"],

@@ -56,7 +56,7 @@ def publish(pki, path, imgs, **kw):
 
 def test_publish_then_unchanged_then_bumped(pki, files, tmp_path):
     path = tmp_path / "farm.list"
-    first = publish(pki, path, images(files), extra={"ad:vo": "atlas"})
+    first = publish(pki, path, images(files), extra={"ad:vo": "atlas"}, source="https://images.example.org/")
     assert first["changed"] is True
     assert first["reason"] == "created"
     assert first["version"] == "1"
@@ -65,12 +65,15 @@ def test_publish_then_unchanged_then_bumped(pki, files, tmp_path):
     assert first["images"][0]["size"] == 3_000_001
     ilist = il.verify(path.read_bytes(), pki.ca_dir, LIST_ID, now=pki.now)
     assert ilist.extra == {"ad:vo": "atlas"}
+    assert ilist.source == "https://images.example.org/"
     assert ilist.images[0].extra == {"sl:os": "Linux"}
     assert ilist.expires == pki.now + 28 * DAY
     signed = path.read_bytes()
 
     # later, nothing changed: no new signature, the file is untouched
-    again = publish(pki, path, images(files), extra={"ad:vo": "atlas"}, now=pki.now + DAY)
+    again = publish(
+        pki, path, images(files), extra={"ad:vo": "atlas"}, source="https://images.example.org/", now=pki.now + DAY
+    )
     assert again["changed"] is False
     assert again["version"] == "1"
     assert path.read_bytes() == signed
@@ -78,7 +81,9 @@ def test_publish_then_unchanged_then_bumped(pki, files, tmp_path):
     # one image changed: the version is bumped and the list re-signed
     with open(files["b"][0], "ab") as fh:
         fh.write(b"more")
-    third = publish(pki, path, images(files), extra={"ad:vo": "atlas"}, now=pki.now + 2 * DAY)
+    third = publish(
+        pki, path, images(files), extra={"ad:vo": "atlas"}, source="https://images.example.org/", now=pki.now + 2 * DAY
+    )
     assert third["changed"] is True
     assert third["reason"] == "content changed"
     assert third["version"] == "2"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -289,3 +290,25 @@ def test_parse_dn_forms():
     assert il.parse_dn(r"CN=Doe\, John,O=X") == (("O", "x"), ("CN", "doe, john"))
     with pytest.raises(il.ImageListError):
         il.parse_dn("garbage")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["-nodetach"], ["-text"], ["-nodetach", "-text"]],
+    ids=["detached", "opaque", "detached-text", "opaque-text"],
+)
+def test_lists_signed_by_the_openssl_tool_verify(pki, tmp_path, flags):
+    """Lists signed the classic way (``openssl smime -sign``, as hepixvmitrust's tools do)."""
+    body = tmp_path / "list.json"
+    body.write_text(json.dumps(list_obj(pki), indent=2))
+    out = tmp_path / "list.smime"
+    subprocess.run(
+        ["openssl", "smime", "-sign", "-in", str(body), "-out", str(out)]
+        + ["-signer", pki.endorser.cert_path, "-inkey", pki.endorser.key_path]
+        + flags,
+        check=True,
+        capture_output=True,
+    )
+    ilist = verify(pki, out.read_bytes())
+    assert ilist.identifier == LIST_ID
+    assert ilist.images[0].identifier == "worker-el9"
