@@ -1,0 +1,162 @@
+"""BitTorrent transport against a real opentracker and aria2c: web seed only, a corrupted seeder,
+timeouts, size mismatch, seeding that outlives the caller, and resume after a kill."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import time
+
+import pytest
+
+from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
+
+
+def test_web_seed_only_completes(swarm):
+    """A lone hypervisor, no peer at all: the image server's URL (BEP-19 url-list) is enough."""
+    image = swarm.image()
+    base = swarm.http(os.path.dirname(image))
+    tracker = swarm.tracker()
+    meta = _torrent.make_torrent(image, [tracker.url], [f"{base}/image.raw"])
+    tracker.allow(meta["info_hash"])
+    dest = os.path.join(swarm.tmp, "hv1", "partial", "image.raw.part")
+    result = _torrent.fetch(
+        f"{base}/image.raw.torrent", dest, os.path.getsize(image), None, timeout=30,
+        state_dir=swarm.state_dir("hv1"),
+    )  # fmt: skip
+    assert filecmp.cmp(dest, image, shallow=False)
+    assert result["info_hash"] == meta["info_hash"]
+    assert result["verified"] == "piece-sha1"
+    assert os.path.isfile(result["torrent"])
+    assert not os.path.exists(dest + ".aria2")
+
+
+def test_make_torrent_is_idempotent(swarm):
+    image = swarm.image(size=1024 * 1024)
+    first = _torrent.make_torrent(image, ["http://tracker.invalid/announce"], ["http://srv.invalid/image.raw"])
+    second = _torrent.make_torrent(image, ["http://tracker.invalid/announce"], ["http://srv.invalid/image.raw"])
+    assert first["changed"] and not second["changed"]
+    assert first["info_hash"] == second["info_hash"]
+    third = _torrent.make_torrent(image, ["http://other.invalid/announce"], ["http://srv.invalid/image.raw"])
+    assert third["changed"] and third["info_hash"] == first["info_hash"]  # trackers are outside the info dict
+    assert _torrent.read_torrent(third["path"])["trackers"] == ["http://other.invalid/announce"]
+
+
+def test_corrupted_seeder_never_yields_a_verified_file(swarm):
+    """The only peer serves bad data: every piece fails its SHA-1 check, the fetch fails."""
+    image = swarm.image()
+    tracker = swarm.tracker()
+    meta = _torrent.make_torrent(image, [tracker.url], [])
+    tracker.allow(meta["info_hash"])
+    bad = os.path.join(swarm.tmp, "bad", "image.raw")
+    os.makedirs(os.path.dirname(bad))
+    with open(image, "rb") as src, open(bad, "wb") as out:
+        data = bytearray(src.read())
+        for offset in range(0, len(data), 4096):  # flip a byte in every page: every piece is bad
+            data[offset] ^= 0xFF
+        out.write(data)
+    # The bad seeder does not check its own data (that is how a broken disk slips through).
+    seeder = _torrent.start_seeding(meta["path"], bad, 120, state_dir=swarm.state_dir("bad"), verify=False)
+    assert seeder["running"]
+    dest = os.path.join(swarm.tmp, "hv1", "image.raw.part")
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.fetch(meta["path"], dest, len(data), None, timeout=8, state_dir=swarm.state_dir("hv1"))
+    assert "timed out after 8 s fetching " + meta["path"] in err.value.message
+    assert "no peer or web seed delivered verified pieces" in err.value.message
+    assert not (os.path.exists(dest) and filecmp.cmp(dest, image, shallow=False))
+
+
+def test_no_source_times_out_with_a_clear_message(swarm):
+    image = swarm.image(size=1024 * 1024)
+    tracker = swarm.tracker()
+    meta = _torrent.make_torrent(image, [tracker.url], [])
+    tracker.allow(meta["info_hash"])
+    dest = os.path.join(swarm.tmp, "hv1", "image.raw.part")
+    started = time.monotonic()
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.fetch("file://" + meta["path"], dest, 1024 * 1024, None, timeout=3, state_dir=swarm.state_dir("hv1"))
+    assert time.monotonic() - started < 20
+    assert err.value.message.startswith(f"timed out after 3 s fetching file://{meta['path']} into {dest}")
+
+
+def test_size_mismatch_is_refused_before_download(swarm):
+    image = swarm.image(size=1024 * 1024)
+    meta = _torrent.make_torrent(image, ["http://127.0.0.1:9/announce"], [])
+    dest = os.path.join(swarm.tmp, "hv1", "image.raw.part")
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.fetch(meta["path"], dest, 12345, None, timeout=5, state_dir=swarm.state_dir("hv1"))
+    assert f"the torrent describes {1024 * 1024} bytes but the image list says 12345" in err.value.message
+    assert not os.path.exists(dest)
+
+
+def test_bad_torrent_source_is_named(swarm):
+    junk = os.path.join(swarm.tmp, "junk.torrent")
+    with open(junk, "wb") as handle:
+        handle.write(b"<html>not a torrent</html>")
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.fetch(junk, os.path.join(swarm.tmp, "x.part"), None, None, timeout=5, state_dir=swarm.state_dir("x"))
+    assert f"{junk} is not a readable .torrent file" in err.value.message
+    base = swarm.http(swarm.tmp)
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.fetch(f"{base}/missing.torrent", os.path.join(swarm.tmp, "y.part"), None, None, timeout=5,
+                       state_dir=swarm.state_dir("y"))  # fmt: skip
+    assert f"downloading the torrent file {base}/missing.torrent failed" in err.value.message
+    assert "404" in err.value.message
+
+
+def test_seeder_outlives_the_caller_is_found_again_and_ends(swarm):
+    """start_seeding leaves a detached aria2c (its own session, a pidfile); a rerun finds it
+    (not changed); --seed-time ends it by itself."""
+    image = swarm.image(size=1024 * 1024)
+    meta = _torrent.make_torrent(image, ["http://127.0.0.1:9/announce"], [])
+    state = swarm.state_dir("seed")
+    first = _torrent.start_seeding(meta["path"], image, 6, state_dir=state)
+    assert first["changed"] and first["running"]
+    assert os.getsid(first["pid"]) != os.getsid(0), "the seeder must not share the caller's session"
+    with open(os.path.join(state, meta["info_hash"] + ".pid")) as handle:
+        assert int(handle.read()) == first["pid"]
+    again = _torrent.start_seeding(meta["path"], image, 6, state_dir=state)
+    assert not again["changed"] and again["pid"] == first["pid"]
+    longer = _torrent.start_seeding(meta["path"], image, 600, state_dir=state)
+    assert longer["changed"] and longer["pid"] != first["pid"]
+    assert [r["running"] for r in _torrent.seeding_status(state)] == [True]
+    assert _torrent.stop_seeding(meta["info_hash"], state)
+    assert _torrent.seeding_status(state) == []
+    short = _torrent.start_seeding(meta["path"], image, 2, state_dir=state)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _torrent.seeding_status(state)[0]["running"]:
+        time.sleep(0.5)
+    assert not _torrent.seeding_status(state)[0]["running"], f"seeder {short['pid']} still runs after its seed time"
+
+
+def test_seeding_refuses_wrong_data(swarm):
+    image = swarm.image(size=1024 * 1024)
+    meta = _torrent.make_torrent(image, ["http://127.0.0.1:9/announce"], [])
+    other = swarm.image(name="other.raw", size=1000)
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.start_seeding(meta["path"], other, 60, state_dir=swarm.state_dir("s"))
+    assert f"{other} is missing or is not {1024 * 1024} bytes" in err.value.message
+
+
+def test_killed_download_resumes(swarm):
+    """A fetch killed mid-way leaves partial data; a rerun re-checks it and completes."""
+    image = swarm.image(size=16 * 1024 * 1024)
+    base = swarm.http(os.path.dirname(image))
+    meta = _torrent.make_torrent(image, [], [f"{base}/image.raw"])
+    dest = os.path.join(swarm.tmp, "hv1", "image.raw.part")
+    state = swarm.state_dir("hv1")
+    limited = ["--max-overall-download-limit=2M"]
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.fetch(meta["path"], dest, None, None, timeout=3, state_dir=state, extra_args=limited)
+    assert "partial data kept for a resume" in err.value.message
+    assert os.path.exists(dest + ".aria2")
+    result = _torrent.fetch(meta["path"], dest, None, None, timeout=30, state_dir=state)
+    assert filecmp.cmp(dest, image, shallow=False)
+    assert result["size"] == os.path.getsize(image)
+
+
+def test_missing_engine_says_what_to_install(swarm, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.fetch("magnet:?xt=urn:btih:" + "0" * 40, os.path.join(swarm.tmp, "x"), None, None, timeout=1)
+    assert "install the 'aria2' package" in err.value.message
