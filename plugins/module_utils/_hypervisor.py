@@ -30,7 +30,6 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._capacity import (
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
     default_domain_type,
     host_domain_types,
-    slot_metadata_xml,
 )
 
 try:
@@ -109,10 +108,12 @@ class PoolSpec:
         }
 
 
-def pool_xml(spec: PoolSpec) -> str:
-    """libvirt pool XML for ``spec``."""
+def pool_xml(spec: PoolSpec, uuid: str = "") -> str:
+    """libvirt pool XML for ``spec`` (``uuid``: the existing pool's, when redefining it)."""
     root = ET.Element("pool", {"type": spec.type})
     ET.SubElement(root, "name").text = spec.name
+    if uuid:
+        ET.SubElement(root, "uuid").text = uuid
     if spec.type == "logical":
         source = ET.SubElement(root, "source")
         for dev in spec.source_devices:
@@ -266,7 +267,10 @@ class NetworkSpec:
                 f"address: {self.address!r} is not an IPv4 address with prefix such as 192.168.150.1/24", "address"
             ) from None
         if iface.network.prefixlen > 29:
-            raise HypervisorError(f"address: {self.address} leaves no room for guests (prefix > /29)", "address")
+            raise HypervisorError(
+                f"address: {iface.with_prefixlen} leaves no room for guests (prefix > /29): give the prefix, e.g. /24",
+                "address",
+            )
         if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
             raise HypervisorError(
                 f"address: {iface.ip} is the network or broadcast address of {iface.network}", "address"
@@ -296,10 +300,12 @@ class NetworkSpec:
         return out
 
 
-def network_xml(spec: NetworkSpec) -> str:
-    """libvirt network XML for ``spec``."""
+def network_xml(spec: NetworkSpec, uuid: str = "") -> str:
+    """libvirt network XML for ``spec`` (``uuid``: the existing network's, when redefining it)."""
     root = ET.Element("network")
     ET.SubElement(root, "name").text = spec.name
+    if uuid:
+        ET.SubElement(root, "uuid").text = uuid
     ET.SubElement(root, "forward", {"mode": spec.mode})
     if spec.mode == "bridge":
         ET.SubElement(root, "bridge", {"name": spec.bridge})
@@ -368,6 +374,16 @@ def _lookup(fn: Callable[[str], Any], name: str) -> Any:
         raise
 
 
+def _inactive_xml(obj: Any, flag: int) -> str:
+    """The persistent definition (what the next start uses), or the live one where unsupported."""
+    try:
+        return obj.XMLDesc(flag)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+            return obj.XMLDesc(0)
+        raise
+
+
 def _state(obj: Any) -> Dict[str, Any]:
     return {"active": bool(obj.isActive()), "autostart": bool(obj.autostart())}
 
@@ -390,7 +406,7 @@ def ensure_pool(
     out = Outcome()
     pool = _lookup(conn.storagePoolLookupByName, spec.name)
     if pool is not None:
-        out.before = dict(pool_summary_from_xml(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)), **_state(pool))
+        out.before = dict(pool_summary_from_xml(_inactive_xml(pool, libvirt.VIR_STORAGE_XML_INACTIVE)), **_state(pool))
     if state == "absent":
         if pool is not None:
             out.did("undefine")
@@ -425,7 +441,7 @@ def ensure_pool(
         if not check_mode:
             if pool is not None and pool.isActive() and current.get("path") != wanted["path"]:
                 pool.destroy()
-            pool = conn.storagePoolDefineXML(pool_xml(spec), 0)
+            pool = conn.storagePoolDefineXML(pool_xml(spec, pool.UUIDString() if pool is not None else ""), 0)
     if pool is not None and not check_mode and spec.type == "dir" and not os.path.isdir(spec.path):
         pool.build(0)
     if active and (pool is None or not pool.isActive()):
@@ -460,7 +476,7 @@ def ensure_network(
     out = Outcome()
     net = _lookup(conn.networkLookupByName, name)
     if net is not None:
-        out.before = dict(network_summary_from_xml(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)), **_state(net))
+        out.before = dict(network_summary_from_xml(_inactive_xml(net, libvirt.VIR_NETWORK_XML_INACTIVE)), **_state(net))
     if state == "absent":
         if net is not None:
             out.did("undefine")
@@ -484,7 +500,7 @@ def ensure_network(
             was_active = net is not None and net.isActive()
             if was_active:
                 net.destroy()
-            net = conn.networkDefineXML(network_xml(spec))
+            net = conn.networkDefineXML(network_xml(spec, net.UUIDString() if net is not None else ""))
     if active and (net is None or not net.isActive()):
         out.did("start")
         if not check_mode:
@@ -570,17 +586,22 @@ def host_memory_mib(conn: Any) -> int:
 
 def domain_usages(conn: Any, now: datetime.datetime) -> Tuple[List[DomainUsage], List[Dict[str, Any]]]:
     """Every domain's usage, and the collection's slots with their lifecycle state."""
-    from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import (
-        SlotMetadataError,
-        from_xml,
-    )
+    # read_metadata puts back the namespace virDomain.metadata() strips
+    from ansible_collections.batchvirt.farm.plugins.module_utils._slot import read_metadata
+    from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import SlotMetadataError
 
     usages: List[DomainUsage] = []
     slots: List[Dict[str, Any]] = []
     for dom in conn.listAllDomains(0):
         state, max_kib, _mem, vcpus, _cpu_time = dom.info()
         active = bool(dom.isActive())
-        meta_xml = slot_metadata_xml(dom)
+        meta: Any = None
+        error = ""
+        try:
+            meta = read_metadata(dom)
+        except SlotMetadataError as exc:
+            error = str(exc)
+        is_slot = meta is not None or bool(error)
         usages.append(
             DomainUsage(
                 name=dom.name(),
@@ -588,16 +609,14 @@ def domain_usages(conn: Any, now: datetime.datetime) -> Tuple[List[DomainUsage],
                 vcpus=int(vcpus),
                 active=active,
                 autostart=bool(dom.autostart()),
-                slot=meta_xml is not None,
+                slot=is_slot,
             )
         )
-        if meta_xml is None:
+        if not is_slot:
             continue
         slot: Dict[str, Any] = {"domain": dom.name(), "state": _DOMAIN_STATES.get(state, str(state))}
-        try:
-            meta = from_xml(meta_xml)
-        except SlotMetadataError as exc:
-            slot.update(name=dom.name(), lifecycle=None, error=str(exc))
+        if meta is None:
+            slot.update(name=dom.name(), lifecycle=None, error=error)
         else:
             slot.update(
                 name=meta.name,
