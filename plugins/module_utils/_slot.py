@@ -722,7 +722,13 @@ class SlotManager:
                 "before": "",
                 "after": desired,
             }
+        stale = [path for path in (spec.overlay_path, spec.seed_path) if self.local and os.path.exists(path)]
+        if stale:
+            # left by an incarnation whose domain is gone: a replacement starts from a fresh overlay
+            result.actions.insert(0, "remove stale " + " and ".join(os.path.basename(p) for p in stale))
         if not self.check_mode:
+            for path in stale:
+                self._delete_volume(plan["pool"], path)
             created: List[Tuple[str, Any]] = []
             step = "overlay"
             try:
