@@ -91,7 +91,7 @@ def test_slots_playbook(testbed, libvirt_conn, guest, slots_pool):
     bigger = slots_vars(guest, hv, farm_vm_slots_profile={"vcpus": 1, "memory_mib": 192, "count": 2})
     diffed = run_playbook(PLAYBOOK, extravars=bigger, check=True, diff=True)
     assert diffed.rc == 0, diffed.stdout[-3000:]
-    assert "<memory unit=\"KiB\">196608</memory>" in diffed.stdout or "196608" in diffed.stdout
+    assert '<memory unit="KiB">196608</memory>' in diffed.stdout or "196608" in diffed.stdout
     assert libvirt_conn.lookupByName(names[0]).maxMemory() == 128 * 1024
 
 
