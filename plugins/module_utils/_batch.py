@@ -457,7 +457,7 @@ def manage_nodes(
 
     after = before
     if not check_mode and (todo or wait):
-        if wait and state in ("drained", "present"):
+        if wait and state in ("drained", "present", "resumed"):
             after = _wait(adapter, nodes, state, wait_timeout, poll_interval, sleep, clock)
         else:
             after = adapter.bulk_status(nodes)
@@ -476,6 +476,8 @@ def manage_nodes(
 def _done(status: NodeStatus, state: str) -> bool:
     if state == "drained":
         return status.drain and status.jobs == 0 and status.state == DRAINED
+    if state == "resumed":
+        return status.registered and not status.drain
     return status.registered
 
 
@@ -510,6 +512,12 @@ def _wait(
         msg += (
             " the nodes are left draining and no job was killed. Wait longer (a larger wait_timeout), "
             "or let the jobs end; state=resumed cancels the drain."
+        )
+    elif state == "resumed":
+        msg = (
+            f"{adapter.system}: node(s) not back in service after {timeout:g} s (wait_timeout): "
+            + ", ".join(f"{s.name} ({s.state})" for s in pending)
+            + ". The controller cannot reach their daemon: check that it runs on the node."
         )
     else:
         msg = (

@@ -438,10 +438,9 @@ class SlurmAdapter(BatchAdapter):
 
     def _diagnose(self, what: str) -> BatchError:
         """JSON output says only 'Unspecified error': ask a text command for the real message."""
-        rc, out, err = self._run(["scontrol", "ping"])
-        _rc2, out2, err2 = self._run(["scontrol", "-o", "show", "partition"])
-        text = " ".join(((err2 or "") + " " + (err or "") + " " + (out if rc else "")).split())
-        return BatchError(explain(text or out2, what), stderr=text)
+        _rc, out, err = self._run(["scontrol", "-o", "show", "partition"])
+        text = " ".join((err or out or "").split())
+        return BatchError(explain(text, what), stderr=text)
 
     # -- the bulk query ------------------------------------------------------------------------
     def _nodes(self, wanted: List[str]) -> Dict[str, NodeStatus]:

@@ -69,6 +69,7 @@ options:
     description:
       - With O(state=drained), wait until no job runs on any of the nodes and they are drained.
       - With O(state=present), wait until every node has registered and is up.
+      - With O(state=resumed), wait until every node is back in service (responding, not drained).
       - On timeout the task fails, lists the nodes still running jobs with their job counts, and
         leaves the nodes draining; nothing is killed.
     type: bool

@@ -1,0 +1,160 @@
+"""Fixtures of the batch area: a real Slurm controller set up by the collection's own
+batch_controller role on localhost (127.0.0.1, pre-declared nodes each with its own port),
+and slurmd processes started by hand for those nodes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import pytest
+
+from ansible_collections.batchvirt.farm.plugins.module_utils._batch import BatchError, get_adapter, manage_nodes
+from tests.testbed.ansible import LOCALHOST, PlaybookResult, run_playbook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CTLD_PORT = int(os.environ.get("BVT_SLURMCTLD_PORT", "26817"))
+NODE_PORT = CTLD_PORT + 80  # bvt-n1 -> 26897, ...
+NODES = ["bvtn1", "bvtn2", "bvtn3"]
+SLURM_CONF = "/etc/slurm/slurm.conf"  # the distribution's services read it there
+
+
+@dataclass
+class SlurmCluster:
+    tmp: str
+    extravars: Dict[str, object]
+    first: PlaybookResult
+    second: PlaybookResult
+    nodes: List[str] = field(default_factory=lambda: list(NODES))
+    slurmd_pids: Dict[str, int] = field(default_factory=dict)
+
+    def env(self) -> Dict[str, str]:
+        return dict(os.environ, SLURM_CONF=SLURM_CONF)
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, env=self.env(), timeout=timeout, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+        return proc
+
+    def pid_file(self, node: str) -> str:
+        return f"/run/bvt-slurmd-{node}.pid"
+
+    def start_slurmd(self, node: str, extra: List[str] = ()) -> None:  # type: ignore[assignment]
+        self.run("slurmd", "-N", node, *extra)
+        for _ in range(50):
+            if os.path.exists(self.pid_file(node)):
+                break
+            time.sleep(0.1)
+        with open(self.pid_file(node)) as handle:
+            self.slurmd_pids[node] = int(handle.read().strip())
+
+    def stop_slurmd(self, node: str) -> None:
+        pid = self.slurmd_pids.pop(node, None)
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+    def batch_node(self, check: bool = False, **args: object) -> Dict[str, object]:
+        """Run the batch_node module once through ansible-runner; its result (ok or failed)."""
+        result = run_playbook(os.path.join(HERE, "batch_node.yml"), extravars={"bn": args}, check=check)
+        results = result.results("batch_node")
+        assert results, f"batch_node did not run:\n{result.stdout[-3000:]}"
+        res = dict(results[-1])
+        res["failed"] = bool(result.task_events("batch_node", "runner_on_failed"))
+        return res
+
+    def manage(self, names, state: str, **kwargs: object) -> Dict[str, object]:  # type: ignore[no-untyped-def]
+        """The batch_node engine called in-process (same code, no ansible-runner start-up)."""
+        adapter = get_adapter("slurm", slurm_conf=str(kwargs.pop("slurm_conf", SLURM_CONF)))
+        try:
+            return manage_nodes(adapter, names, state, **kwargs)  # type: ignore[arg-type]
+        except BatchError as exc:
+            return {"failed": True, "msg": exc.message, "nodes": exc.nodes}
+
+    def wait_state(self, node: str, predicate, timeout: float = 30) -> str:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.run("sinfo", "-h", "-N", "-n", node, "-o", "%T", check=False).stdout.strip()
+            if predicate(state):
+                return state
+            time.sleep(0.3)
+        raise AssertionError(f"node {node} still in state {state!r} after {timeout} s")
+
+
+def _munge_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "munged"], capture_output=True, check=False).returncode == 0
+
+
+def controller_vars(tmp: str) -> Dict[str, object]:
+    return {
+        "farm_batch_controller_cluster_name": "bvt",
+        "farm_batch_controller_hostname": "localhost",
+        "farm_batch_controller_address": "127.0.0.1",
+        "farm_batch_controller_port": CTLD_PORT,
+        "farm_batch_controller_no_in_addr_any": True,
+        "farm_batch_controller_max_node_count": 8,
+        "farm_batch_controller_state_dir": os.path.join(tmp, "state"),
+        "farm_batch_controller_log_dir": os.path.join(tmp, "log"),
+        "farm_batch_controller_pid_file": os.path.join(tmp, "slurmctld.pid"),
+        "farm_batch_controller_slurmd_spool_dir": os.path.join(tmp, "spool", "%n"),
+        "farm_batch_controller_slurmd_pid_file": "/run/bvt-slurmd-%n.pid",
+        "farm_batch_controller_slurmd_log_file": os.path.join(tmp, "log", "slurmd-%n.log"),
+        "farm_batch_controller_slurmd_timeout": 10,
+        "farm_batch_controller_nodes": [
+            {"name": n, "address": "127.0.0.1", "port": NODE_PORT + i, "cpus": 1, "memory": 500, "features": ["bvt"]}
+            for i, n in enumerate(NODES, start=1)
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """slurmctld from the batch_controller role (run twice), two slurmd started by hand."""
+    tmp = tempfile.mkdtemp(prefix="bvt-batch-")
+    os.chmod(tmp, 0o755)
+    for sub in ("spool", "out"):
+        os.makedirs(os.path.join(tmp, sub))
+    os.chmod(os.path.join(tmp, "out"), 0o1777)
+    munge_before = _munge_running()
+    extravars = controller_vars(tmp)
+    playbook = os.path.join(HERE, "controller.yml")
+    t0 = time.monotonic()
+    first = run_playbook(playbook, extravars=extravars, inventory=LOCALHOST)
+    assert first.rc == 0, "batch_controller role failed:\n" + first.stdout[-4000:]
+    # the packages are installed by now: the second run checks idempotence of the rest faster
+    second = run_playbook(
+        playbook, extravars=dict(extravars, farm_batch_controller_install_packages=False), inventory=LOCALHOST
+    )
+    cluster = SlurmCluster(tmp=tmp, extravars=extravars, first=first, second=second)
+    cluster.setup_seconds = time.monotonic() - t0  # type: ignore[attr-defined]
+    try:
+        for node in NODES[:2]:
+            os.makedirs(os.path.join(tmp, "spool", node), exist_ok=True)
+            cluster.start_slurmd(node)
+        for node in NODES[:2]:
+            cluster.wait_state(node, lambda s: s == "idle")
+        yield cluster
+    finally:
+        for node in list(cluster.slurmd_pids):
+            cluster.stop_slurmd(node)
+        subprocess.run(["service", "slurmctld", "stop"], capture_output=True, check=False)
+        if not munge_before:
+            subprocess.run(["service", "munge", "stop"], capture_output=True, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
