@@ -1,0 +1,273 @@
+# Copyright (c) batchvirt.farm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to batchvirt.farm: reading a hypervisor's slots in bulk, and the farm clock.
+
+The inventory plugin ``batchvirt.farm.slots`` and any module that needs every slot of a
+hypervisor read them here, with the fewest libvirt round trips: one
+``getAllDomainStats(STATE)`` call for every domain and its run state, then one
+``virDomain.metadata()`` call per domain (libvirt has no bulk metadata API; the metadata
+element is a fraction of the size of ``XMLDesc`` and measured faster, see
+docs/performance/inventory.md).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
+    FarmLibvirtError,
+    connect,
+    slot_metadata_xml,
+)
+from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
+    BatchView,
+    LifecycleTimes,
+    compute_lifecycle,
+    seconds_to_drain,
+    utcnow,
+)
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import (
+    NAMESPACE,
+    SlotMetadataError,
+    from_xml,
+    parse_time,
+)
+
+try:
+    import libvirt
+except ImportError:  # pragma: no cover - reported by connect()
+    libvirt = None
+
+# The environment variable that pins the farm clock (tests, what-if runs): an ISO-8601 time.
+NOW_ENV = "BATCHVIRT_FARM_NOW"
+
+# libvirt run states in which a domain counts as "not running" for the lifecycle.
+_STOPPED_STATES = frozenset((0, 5, 6))  # NOSTATE, SHUTOFF, CRASHED
+_STATE_NAMES = {
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
+}
+
+
+def farm_now(override: Optional[str] = None) -> datetime.datetime:
+    """The farm clock: ``override`` if given, else ``$BATCHVIRT_FARM_NOW``, else the real UTC time."""
+    text = override or os.environ.get(NOW_ENV, "")
+    if text:
+        try:
+            return parse_time(text, "now")
+        except SlotMetadataError as exc:
+            source = "now" if override else NOW_ENV
+            raise ValueError(f"{source}: {exc}") from None
+    return utcnow()
+
+
+def with_namespace(text: str) -> str:
+    """Give back the namespace ``virDomain.metadata()`` strips from the element it returns.
+
+    libvirt returns ``<slot schema="1"><name>...`` without any namespace, while
+    :func:`from_xml` (rightly) wants the collection's namespace: declaring it as the default
+    namespace of the root element puts every unprefixed child back in it.
+    """
+    head = text.lstrip()
+    if head.startswith("<slot") and "xmlns" not in head[: head.find(">")]:
+        return head.replace("<slot", f'<slot xmlns="{NAMESPACE}"', 1)
+    return text
+
+
+def state_name(state: int) -> str:
+    return _STATE_NAMES.get(state, "unknown")
+
+
+@dataclass
+class DomainRecord:
+    """One domain of a hypervisor as read from libvirt (plain data, cacheable as JSON)."""
+
+    domain: str
+    state: int
+    slot: Optional[Dict[str, Any]] = None  # SlotMetadata.to_dict(), None for a foreign domain
+    error: str = ""  # unreadable slot metadata
+
+    @property
+    def running(self) -> bool:
+        return self.state not in _STOPPED_STATES
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"domain": self.domain, "state": self.state, "slot": self.slot, "error": self.error}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> DomainRecord:
+        return cls(data["domain"], int(data["state"]), data.get("slot"), data.get("error", ""))
+
+
+@dataclass
+class HypervisorRead:
+    """The outcome of reading one hypervisor: its domains, or why it could not be read."""
+
+    name: str
+    uri: str
+    domains: List[DomainRecord] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "name": self.name,
+            "uri": self.uri,
+            "domains": [d.to_json() for d in self.domains],
+            "error": self.error,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> HypervisorRead:
+        return cls(
+            data["name"],
+            data["uri"],
+            [DomainRecord.from_json(d) for d in data.get("domains", [])],
+            data.get("error", ""),
+            float(data.get("seconds", 0.0)),
+        )
+
+
+def read_domains(conn: Any, include_foreign: bool = False) -> List[DomainRecord]:
+    """Every domain of an open connection with its run state and slot metadata.
+
+    Round trips: one ``getAllDomainStats`` plus one ``metadata()`` per domain; domains
+    without the collection's metadata are dropped unless ``include_foreign``.
+    """
+    records: List[DomainRecord] = []
+    for dom, stats in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0):
+        state = int(stats.get("state.state", 0))
+        try:
+            text = slot_metadata_xml(dom)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                continue  # undefined between the listing and now
+            raise
+        if text is None:
+            if include_foreign:
+                records.append(DomainRecord(dom.name(), state))
+            continue
+        try:
+            slot = from_xml(with_namespace(text)).to_dict()
+        except SlotMetadataError as exc:
+            records.append(DomainRecord(dom.name(), state, None, str(exc)))
+            continue
+        records.append(DomainRecord(dom.name(), state, slot))
+    return records
+
+
+def read_hypervisor(name: str, uri: str, include_foreign: bool = False) -> HypervisorRead:
+    """Open ``uri`` read-only, read its domains, close; errors land in ``.error``."""
+    started = time.monotonic()
+    result = HypervisorRead(name, uri)
+    conn = None
+    try:
+        conn = connect(uri, readonly=True)
+        result.domains = read_domains(conn, include_foreign)
+    except FarmLibvirtError as exc:
+        result.error = str(exc)
+    except Exception as exc:  # libvirt errors while listing, anything unexpected
+        message = exc.get_error_message() if hasattr(exc, "get_error_message") else str(exc)
+        result.error = f"cannot read the domains of {uri}: {message}"
+    finally:
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: S110 - closing a broken connection
+                pass
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def read_hypervisor_with_timeout(name: str, uri: str, timeout: float, include_foreign: bool = False) -> HypervisorRead:
+    """:func:`read_hypervisor` in its own thread, abandoned after ``timeout`` seconds.
+
+    libvirt's open can hang (a black-holed TCP connect, an SSH prompt): the reading thread
+    is a daemon thread, so a hung hypervisor never holds the refresh or the process.
+    """
+    box: List[HypervisorRead] = []
+    thread = threading.Thread(
+        target=lambda: box.append(read_hypervisor(name, uri, include_foreign)),
+        name=f"farm-slots-{name}",
+        daemon=True,
+    )
+    thread.start()
+    thread.join(timeout)
+    if box:
+        return box[0]
+    return HypervisorRead(
+        name, uri, error=f"no answer from {uri} within {timeout:g} s (option timeout)", seconds=timeout
+    )
+
+
+def read_farm(
+    hypervisors: List[Tuple[str, str]],
+    concurrency: int = 20,
+    timeout: float = 10.0,
+    include_foreign: bool = False,
+) -> List[HypervisorRead]:
+    """Read every ``(name, uri)`` hypervisor with at most ``concurrency`` at once, in input order."""
+    if not hypervisors:
+        return []
+    workers = max(1, min(concurrency, len(hypervisors)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="farm-slots") as pool:
+        futures = [pool.submit(read_hypervisor_with_timeout, n, u, timeout, include_foreign) for n, u in hypervisors]
+        return [f.result() for f in futures]
+
+
+# -- from records to inventory data --------------------------------------------------------
+
+_VERSION_PART = re.compile(r"(\d+)")
+
+
+def version_key(version: str) -> Tuple[Tuple[int, Any], ...]:
+    """A natural sort key: ``1.10`` after ``1.9``, ``2026.11.2`` after ``2026.11.1``."""
+    parts: List[Tuple[int, Any]] = []
+    for piece in _VERSION_PART.split(version):
+        if not piece:
+            continue
+        parts.append((1, int(piece)) if piece.isdigit() else (0, piece))
+    return tuple(parts)
+
+
+def slot_times(slot: Dict[str, Any]) -> LifecycleTimes:
+    return LifecycleTimes(
+        parse_time(slot["created_at"], "created_at"),
+        parse_time(slot["drain_at"], "drain_at"),
+        parse_time(slot["deadline"], "deadline"),
+        bool(slot.get("drain", {}).get("requested")),
+    )
+
+
+def slot_state(
+    record: DomainRecord,
+    now: datetime.datetime,
+    batch: Optional[BatchView] = None,
+    **kwargs: Any,
+) -> Tuple[str, int]:
+    """``(lifecycle state, seconds to drain)`` of a slot record with the shared model."""
+    assert record.slot is not None
+    times = slot_times(record.slot)
+    return compute_lifecycle(times, now, record.running, batch, **kwargs), seconds_to_drain(times, now)
+
+
+def batch_view_to_json(view: BatchView) -> Dict[str, Any]:
+    return {"registered": view.registered, "drain": view.drain, "jobs": view.jobs, "state": view.state}
+
+
+def batch_view_from_json(data: Dict[str, Any]) -> BatchView:
+    return BatchView(bool(data["registered"]), bool(data.get("drain")), int(data.get("jobs", 0)), data.get("state", ""))

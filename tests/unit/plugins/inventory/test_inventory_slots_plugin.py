@@ -1,0 +1,484 @@
+"""Unit tests of the batchvirt.farm.slots inventory plugin: configuration checks, grouping,
+host variables, the partial-failure policy, the batch merge and the cache.
+
+The farm data is plain Python (the records the libvirt reader returns); the tests that go
+through ``parse()`` use libvirt's in-process test driver (no daemon)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import pytest
+from ansible import constants as C
+from ansible.errors import AnsibleError, AnsibleParserError
+from ansible.inventory.data import InventoryData
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import fragment_loader
+from ansible.utils.plugin_docs import get_docstring
+
+from ansible_collections.batchvirt.farm.plugins.inventory import slots as slots_plugin
+from ansible_collections.batchvirt.farm.plugins.module_utils import _inventory
+from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import STATES, BatchView
+from tests.integration.inventory.farm_xml import EPOCH, HOUR, slot, write_test_node
+
+NOW = EPOCH + 12 * HOUR  # 2026-11-21T12:00:00Z
+NAME = "batchvirt.farm.slots"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _plugin_config():
+    """Register the plugin's options (with the constructed and inventory_cache fragments) as
+    the plugin loader would; the loader itself cannot run once pytest imported the collection."""
+    doc = get_docstring(slots_plugin.__file__, fragment_loader, is_module=False)[0]
+    C.config.initialize_plugin_configuration_definitions("inventory", NAME, doc["options"])
+
+
+def new_plugin():
+    plugin = slots_plugin.InventoryModule()
+    plugin._load_name = NAME
+    plugin.ansible_name = NAME
+    return plugin
+
+
+def make_plugin(**options):
+    plugin = new_plugin()
+    plugin.inventory = InventoryData()
+    plugin.set_options(direct={"plugin": NAME, **options})
+    return plugin
+
+
+def record(name, hv="hv1", running=True, **kwargs):
+    meta = slot(name, hv, **kwargs)
+    return {"domain": name, "state": 1 if running else 5, "slot": meta.to_dict(), "error": ""}
+
+
+def farm_data(*hypervisors, batch=None, batch_error=""):
+    return {
+        "format": slots_plugin.CACHE_FORMAT,
+        "hypervisors": [
+            {"name": name, "uri": uri, "domains": domains, "error": error, "seconds": 0.0}
+            for name, uri, domains, error in hypervisors
+        ],
+        "batch": batch,
+        "batch_error": batch_error,
+    }
+
+
+def populate(plugin, data, hypervisors=None):
+    hvs = hypervisors or [slots_plugin.make_hypervisor(h["uri"], h["name"]) for h in data["hypervisors"]]
+    plugin._populate(data, hvs, NOW)
+    return plugin.inventory
+
+
+def group_hosts(inventory, group):
+    return sorted(h.name for h in inventory.groups[group].get_hosts())
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("farm.farm.slots.yml", True),
+        ("site.farm.slots.yaml", True),
+        ("farm_slots.yml", True),
+        ("farm_slots.yaml", True),
+        ("farm.yml", False),
+        ("slots.yml", False),
+        ("farm.farm.slots.yml.bak", False),
+    ],
+)
+def test_verify_file_checks_the_suffix(tmp_path, path, expected):
+    target = tmp_path / path
+    target.write_text("plugin: batchvirt.farm.slots\n")
+    assert make_plugin().verify_file(str(target)) is expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (42, "hypervisors[0]: expected a libvirt URI or a dictionary with 'uri', got int"),
+        ("hv01.example.org", "hypervisors[0].uri: 'hv01.example.org' is not a libvirt URI"),
+        ({"name": "hv1"}, "hypervisors[0].uri: None is not a libvirt URI"),
+        ({"uri": "qemu:///system", "host": "x"}, "hypervisors[0]: unknown key(s) host; allowed keys are name,"),
+        ({"uri": "qemu:///system", "ssh_port": "ssh"}, "hypervisors[0].ssh_port: 'ssh' is not a port number"),
+    ],
+)
+def test_bad_hypervisor_entries_name_the_option(entry, message):
+    with pytest.raises(AnsibleParserError) as exc:
+        slots_plugin.hypervisor_from_entry(entry, 0)
+    assert message in str(exc.value)
+
+
+def test_no_hypervisors_is_refused_with_what_to_set():
+    plugin = make_plugin()
+    with pytest.raises(AnsibleParserError, match="set the option hypervisors"):
+        plugin._hypervisors()
+
+
+def test_duplicate_hypervisor_names_are_refused():
+    plugin = make_plugin(hypervisors=["qemu+ssh://root@hv1/system", {"uri": "qemu+tls://hv1/system"}])
+    with pytest.raises(AnsibleParserError, match="the name 'hv1' is used by qemu\\+ssh://root@hv1/system and"):
+        plugin._hypervisors()
+
+
+def test_batch_needs_a_system():
+    plugin = make_plugin(hypervisors=["test:///default"], batch={"partition": "vm"})
+    with pytest.raises(AnsibleParserError, match="batch.system: required when batch is set"):
+        plugin._batch_option()
+
+
+def test_hypervisor_group_must_be_loaded_before():
+    plugin = make_plugin(hypervisor_group="hypervisors")
+    with pytest.raises(AnsibleParserError, match="hypervisor_group: the group 'hypervisors' is not in the inventory"):
+        plugin._hypervisors()
+
+
+def test_hypervisor_group_renders_the_uri_template():
+    plugin = make_plugin(hypervisor_group="hvs")
+    plugin.templar = _templar()
+    inv = plugin.inventory
+    inv.add_group("hvs")
+    inv.add_host("hv01", group="hvs")
+    inv.set_variable("hv01", "ansible_host", "192.0.2.1")
+    inv.set_variable("hv01", "ansible_user", "admin")
+    inv.add_host("hv02", group="hvs")
+    hvs = plugin._hypervisors()
+    assert [(h.name, h.uri, h.ssh_host, h.ssh_user) for h in hvs] == [
+        ("hv01", "qemu+ssh://root@192.0.2.1/system", "192.0.2.1", "admin"),
+        ("hv02", "qemu+ssh://root@hv02/system", "hv02", "root"),
+    ]
+
+
+def trusted(template):
+    """Config files are trusted templates (``_read_config_data`` tags them); mimic that."""
+    try:
+        from ansible.template import trust_as_template
+    except ImportError:  # ansible-core < 2.19
+        return template
+    return trust_as_template(template)
+
+
+def _templar():
+    from ansible.template import Templar
+
+    return Templar(loader=DataLoader())
+
+
+@pytest.mark.parametrize(
+    ("uri", "name", "ssh_host", "ssh_user", "local"),
+    [
+        ("qemu+ssh://root@hv01.example.org/system", "hv01.example.org", "hv01.example.org", "root", False),
+        ("qemu+tls://hv02:16514/system", "hv02", "hv02", "", False),
+        ("qemu:///system", "localhost", "", "", True),
+        ("test:///var/tmp/farm/hv07.xml", "hv07", "", "", True),
+        ("qemu+tcp://127.0.0.1:16509/system", "127.0.0.1", "127.0.0.1", "", True),
+    ],
+)
+def test_hypervisor_names_and_addresses_from_the_uri(uri, name, ssh_host, ssh_user, local):
+    hv = slots_plugin.make_hypervisor(uri)
+    assert (hv.name, hv.ssh_host, hv.ssh_user, hv.local) == (name, ssh_host, ssh_user, local)
+
+
+def test_bad_now_names_the_option(monkeypatch):
+    monkeypatch.setenv(_inventory.NOW_ENV, "yesterday")
+    with pytest.raises(ValueError, match="BATCHVIRT_FARM_NOW: now: 'yesterday' is not an ISO-8601 time"):
+        _inventory.farm_now()
+    assert _inventory.farm_now("2026-11-21T12:00:00Z") == NOW
+
+
+# -- grouping and variables -----------------------------------------------------------------------
+
+
+def test_every_lifecycle_group_exists_even_empty():
+    inv = populate(make_plugin(), farm_data(("hv1", "test:///x/hv1.xml", [record("s1")], "")))
+    for state in STATES:
+        assert "farm_lifecycle_" + state in inv.groups
+    assert group_hosts(inv, "farm_lifecycle_active") == ["s1"]
+    assert group_hosts(inv, "farm_lifecycle_stopped") == []
+
+
+def test_lifecycle_groups_and_enabled_flag():
+    domains = [
+        record("active1"),
+        record("expiring1", lifetime_h=13),  # drain_at in 1 h
+        record("draining1", lifetime_h=11),  # drain started, no batch view
+        record("requested1", drain_requested=True),
+        record("expired1", lifetime_h=6, walltime_h=1),
+        record("stopped1", running=False),
+        record("provisioning1", created_at=NOW - datetime.timedelta(minutes=5)),
+    ]
+    inv = populate(make_plugin(), farm_data(("hv1", "test:///x/hv1.xml", domains, "")))
+    expected = {
+        "active1": "active",
+        "expiring1": "expiring",
+        "draining1": "draining",
+        "requested1": "draining",
+        "expired1": "expired",
+        "stopped1": "stopped",
+        "provisioning1": "provisioning",
+    }
+    for name, state in expected.items():
+        host = inv.get_host(name)
+        assert host.vars["farm_lifecycle"] == state, name
+        assert name in group_hosts(inv, "farm_lifecycle_" + state)
+        assert host.vars["farm_enabled"] is (state in ("active", "expiring", "provisioning")), name
+
+
+def test_host_variables():
+    inv = populate(make_plugin(), farm_data(("hv1", "test:///x/hv1.xml", [record("s1", ssh_port=10022)], "")))
+    hv = inv.get_host("s1").vars
+    assert hv["farm_hypervisor"] == "hv1"
+    assert hv["farm_hypervisor_uri"] == "test:///x/hv1.xml"
+    assert hv["farm_domain"] == "s1"
+    assert hv["farm_domain_state"] == "running"
+    assert hv["farm_image"] == {"identifier": "worker-el9", "version": "2026.11.1"}
+    assert hv["farm_drain_at"] == "2026-11-22T00:00:00Z"
+    assert hv["farm_deadline"] == "2026-11-22T12:00:00Z"
+    assert hv["farm_seconds_to_drain"] == 12 * 3600
+    assert hv["farm_slot"]["image"]["sha512"] == "ab" * 64
+    assert hv["farm_slot"]["name"] == "s1"
+    assert (hv["ansible_host"], hv["ansible_port"], hv["ansible_user"]) == ("127.0.0.1", 10022, "root")
+    assert "ansible_ssh_common_args" not in hv  # local hypervisor: the forward is reachable as is
+    assert "farm_batch_state" not in hv and "farm_batch_jobs" not in hv
+    assert inv.groups["all"].vars["farm_unreachable_hypervisors"] == []
+    assert inv.groups["all"].vars["farm_inventory_time"] == "2026-11-21T12:00:00Z"
+
+
+def test_loopback_forward_on_a_remote_hypervisor_goes_through_proxyjump():
+    hv = slots_plugin.make_hypervisor("qemu+ssh://admin@hv9.example.org:2222/system", "hv9", ssh_port=2222)
+    data = farm_data(("hv9", hv.uri, [record("s1", "hv9", ssh_port=10022)], ""))
+    inv = populate(make_plugin(), data, [hv])
+    hostvars = inv.get_host("s1").vars
+    assert hostvars["ansible_host"] == "127.0.0.1"
+    assert hostvars["ansible_port"] == 10022
+    assert hostvars["ansible_ssh_common_args"] == "-o ProxyJump=admin@hv9.example.org:2222"
+
+    inv = populate(make_plugin(loopback_access="hypervisor_address"), data, [hv])
+    hostvars = inv.get_host("s1").vars
+    assert hostvars["ansible_host"] == "hv9.example.org"
+    assert "ansible_ssh_common_args" not in hostvars
+
+
+def test_hypervisor_and_image_groups_and_outdated():
+    domains1 = [
+        record("a", version="2026.11.1"),
+        record("b", version="2026.11.10"),
+        record("c", identifier="gpu.worker", version="1.0-rc1"),
+    ]
+    domains2 = [record("d", "hv.two", version="2026.11.2")]
+    inv = populate(
+        make_plugin(),
+        farm_data(("hv1", "test:///x/hv1.xml", domains1, ""), ("hv.two", "test:///x/hv2.xml", domains2, "")),
+    )
+    assert group_hosts(inv, "farm_hypervisor_hv1") == ["a", "b", "c"]
+    assert group_hosts(inv, "farm_hypervisor_hv_two") == ["d"]
+    assert group_hosts(inv, "farm_image_worker_el9") == ["a", "b", "d"]
+    assert group_hosts(inv, "farm_image_worker_el9_2026_11_1") == ["a"]
+    assert group_hosts(inv, "farm_image_gpu_worker_1_0_rc1") == ["c"]
+    # 2026.11.10 is newer than 2026.11.1 (natural order); hv.two's newest is its own 2026.11.2
+    assert group_hosts(inv, "farm_image_outdated") == ["a"]
+
+
+def test_version_key_is_natural():
+    versions = ["1.10", "1.9", "1.9.1", "2026.01.5", "1.0-rc1"]
+    assert sorted(versions, key=_inventory.version_key) == ["1.0-rc1", "1.9", "1.9.1", "1.10", "2026.01.5"]
+
+
+def test_foreign_domains_only_when_asked():
+    domains = [record("s1"), {"domain": "web", "state": 1, "slot": None, "error": ""}]
+    inv = populate(make_plugin(), farm_data(("hv1", "test:///x/hv1.xml", domains, "")))
+    assert "web" not in inv.hosts and "farm_foreign" not in inv.groups
+    inv = populate(make_plugin(include_foreign=True), farm_data(("hv1", "test:///x/hv1.xml", domains, "")))
+    assert group_hosts(inv, "farm_foreign") == ["web"]
+    assert "farm_lifecycle" not in inv.get_host("web").vars
+
+
+def test_constructed_compose_groups_and_keyed_groups():
+    plugin = make_plugin(
+        compose={"slot_hours_left": trusted("farm_seconds_to_drain // 3600")},
+        groups={"long_lived": trusted("farm_seconds_to_drain > 3600")},
+        keyed_groups=[{"key": trusted("farm_image.version"), "prefix": "v"}],
+    )
+    plugin.templar = _templar()
+    inv = populate(plugin, farm_data(("hv1", "test:///x/hv1.xml", [record("s1"), record("s2", lifetime_h=12.5)], "")))
+    assert inv.get_host("s1").vars["slot_hours_left"] == 12
+    assert group_hosts(inv, "long_lived") == ["s1"]
+    assert group_hosts(inv, "v_2026_11_1") == ["s1", "s2"]
+
+
+def test_strict_fails_on_a_bad_compose():
+    plugin = make_plugin(compose={"x": trusted("farm_no_such_var + 1")}, strict=True)
+    plugin.templar = _templar()
+    with pytest.raises(AnsibleError, match="Could not set x for host s1"):
+        populate(plugin, farm_data(("hv1", "test:///x/hv1.xml", [record("s1")], "")))
+
+
+# -- failure policy ------------------------------------------------------------------------------
+
+
+def test_unreachable_hypervisor_warns_and_is_listed(monkeypatch):
+    warnings = []
+    plugin = make_plugin()
+    monkeypatch.setattr(plugin.display, "warning", warnings.append)
+    data = farm_data(("hv1", "test:///x/hv1.xml", [record("s1")], ""), ("hv2", "qemu+tcp://hv2/system", [], "boom"))
+    inv = populate(plugin, data)
+    assert inv.groups["all"].vars["farm_unreachable_hypervisors"] == [
+        {"name": "hv2", "uri": "qemu+tcp://hv2/system", "error": "boom"}
+    ]
+    assert warnings == ["batchvirt.farm.slots: hypervisor hv2 left out: boom"]
+    assert group_hosts(inv, "farm_hypervisor_hv2") == []
+    assert "s1" in inv.hosts
+
+
+def test_fail_on_errors_fails_the_refresh():
+    data = farm_data(("hv1", "test:///x/hv1.xml", [record("s1")], ""), ("hv2", "qemu+tcp://hv2/system", [], "boom"))
+    make_plugin()._check_errors(data)  # default: no failure
+    with pytest.raises(AnsibleError, match=r"refresh failed \(fail_on_errors is true\): hv2: boom"):
+        make_plugin(fail_on_errors=True)._check_errors(data)
+
+
+def test_bad_metadata_and_duplicate_names_are_left_out_with_a_warning(monkeypatch):
+    warnings = []
+    plugin = make_plugin()
+    monkeypatch.setattr(plugin.display, "warning", warnings.append)
+    bad = {"domain": "broken", "state": 1, "slot": None, "error": "slot metadata: <deadline> is missing"}
+    data = farm_data(
+        ("hv1", "test:///x/hv1.xml", [record("s1"), bad], ""), ("hv2", "test:///x/hv2.xml", [record("s1", "hv2")], "")
+    )
+    inv = populate(plugin, data)
+    assert "broken" not in inv.hosts
+    assert inv.get_host("s1").vars["farm_hypervisor"] == "hv1"
+    assert warnings == [
+        "batchvirt.farm.slots: domain broken on hv1 left out: slot metadata: <deadline> is missing",
+        "batchvirt.farm.slots: slot s1 on hv2 left out: a slot of that name was already read from hv1",
+    ]
+    with pytest.raises(AnsibleError, match="hv1/broken: slot metadata: <deadline> is missing"):
+        make_plugin(fail_on_errors=True)._check_errors(data)
+
+
+# -- batch merge ---------------------------------------------------------------------------------
+
+
+class FakeAdapter:
+    def __init__(self, views, fail=None):
+        self.views = views
+        self.fail = fail
+        self.calls = []
+
+    def bulk_view(self, node_names):
+        self.calls.append(list(node_names))
+        if self.fail:
+            raise RuntimeError(self.fail)
+        return {n: v for n, v in self.views.items() if n in node_names}
+
+
+def _farm_file(tmp_path, domains):
+    return write_test_node(str(tmp_path / "hv1.xml"), domains)
+
+
+def test_batch_view_is_merged_with_one_bulk_query(tmp_path, monkeypatch):
+    uri = _farm_file(
+        tmp_path,
+        [
+            ("s1", slot("s1", "hv1", lifetime_h=11), True),  # drain started: drained once no job runs
+            ("s2", slot("s2", "hv1", lifetime_h=11), True),  # draining: a job runs
+            ("s3", slot("s3", "hv1"), True),  # not registered: provisioning
+            ("s4", slot("s4", "hv1"), True),  # unknown to the batch system
+        ],
+    )
+    adapter = FakeAdapter(
+        {
+            "s1": BatchView(True, drain=True, jobs=0, state="drained"),
+            "s2": BatchView(True, drain=True, jobs=2, state="draining"),
+            "s3": BatchView(False, state="future"),
+        }
+    )
+    plugin = make_plugin(hypervisors=[uri], batch={"system": "slurm", "partition": "vm"})
+    seen = []
+    monkeypatch.setattr(plugin, "_batch_adapter", lambda system, opts: seen.append((system, opts)) or adapter)
+    data = plugin._fetch(plugin._hypervisors())
+    inv = populate(plugin, data)
+    assert seen == [("slurm", {"partition": "vm"})]
+    assert adapter.calls == [["s1", "s2", "s3", "s4"]]
+    states = {h: inv.get_host(h).vars["farm_lifecycle"] for h in ("s1", "s2", "s3", "s4")}
+    assert states == {"s1": "drained", "s2": "draining", "s3": "provisioning", "s4": "provisioning"}
+    assert inv.get_host("s2").vars["farm_batch_jobs"] == 2
+    assert inv.get_host("s2").vars["farm_batch_state"] == "draining"
+    assert inv.get_host("s4").vars["farm_batch_state"] == "unknown"
+
+
+def test_failed_batch_query_warns_or_fails(tmp_path, monkeypatch):
+    uri = _farm_file(tmp_path, [("s1", slot("s1", "hv1"), True)])
+    plugin = make_plugin(hypervisors=[uri], batch={"system": "slurm"})
+    monkeypatch.setattr(plugin, "_batch_adapter", lambda s, o: FakeAdapter({}, fail="scontrol: not found"))
+    data = plugin._fetch(plugin._hypervisors())
+    assert data["batch_error"] == "batch: the slurm query failed: scontrol: not found"
+    warnings = []
+    monkeypatch.setattr(plugin.display, "warning", warnings.append)
+    inv = populate(plugin, data)
+    assert inv.get_host("s1").vars["farm_lifecycle"] == "active"
+    assert warnings == [
+        "batch: the slurm query failed: scontrol: not found; the lifecycle is computed without the batch view"
+    ]
+    with pytest.raises(AnsibleError, match="batch: the slurm query failed: scontrol: not found"):
+        make_plugin(fail_on_errors=True)._check_errors(data)
+
+
+# -- parse() and the cache -------------------------------------------------------------------------
+
+
+def _config(tmp_path, uri, **extra):
+    path = tmp_path / "farm.farm.slots.yml"
+    config = {"plugin": "batchvirt.farm.slots", "hypervisors": [uri], "now": "2026-11-21T12:00:00Z", **extra}
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def _parse(path, cache):
+    plugin = new_plugin()
+    inv = InventoryData()
+    plugin.parse(inv, DataLoader(), path, cache=cache)
+    if getattr(plugin, "_cache", None):
+        plugin.update_cache_if_changed()  # as InventoryManager does after parse()
+    return inv
+
+
+def test_parse_reads_a_test_driver_farm(tmp_path):
+    uri = _farm_file(tmp_path, [("s1", slot("s1", "hv1"), True), ("s2", slot("s2", "hv1"), False), ("web", None, True)])
+    inv = _parse(_config(tmp_path, uri), cache=True)
+    assert sorted(inv.hosts) == ["s1", "s2"]
+    assert inv.get_host("s2").vars["farm_lifecycle"] == "stopped"
+    assert inv.get_host("s2").vars["farm_domain_state"] == "shutoff"
+
+
+def test_cache_is_used_refreshed_on_flush_and_ttl_not_reset(tmp_path):
+    cache_dir = tmp_path / "cache"
+    uri = _farm_file(tmp_path, [("s1", slot("s1", "hv1"), True)])
+    path = _config(
+        tmp_path, uri, cache=True, cache_plugin="jsonfile", cache_connection=str(cache_dir), cache_timeout=3600
+    )
+    assert sorted(_parse(path, cache=True).hosts) == ["s1"]
+    files = list(cache_dir.iterdir())
+    assert len(files) == 1
+    # the farm changes; a cached refresh still shows the old farm and does not rewrite the cache
+    _farm_file(tmp_path, [("s1", slot("s1", "hv1"), True), ("s2", slot("s2", "hv1"), True)])
+    os.utime(files[0], None)
+    mtime = files[0].stat().st_mtime
+    assert sorted(_parse(path, cache=True).hosts) == ["s1"]
+    assert files[0].stat().st_mtime == mtime, "a cache hit must not rewrite the entry (TTL reset)"
+    # --flush-cache (cache=False) reads the farm again and refreshes the entry
+    assert sorted(_parse(path, cache=False).hosts) == ["s1", "s2"]
+    assert sorted(_parse(path, cache=True).hosts) == ["s1", "s2"]
+
+
+def test_cache_holds_raw_data_so_the_lifecycle_follows_the_clock(tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    uri = _farm_file(tmp_path, [("s1", slot("s1", "hv1"), True)])
+    config = {"cache": True, "cache_plugin": "jsonfile", "cache_connection": str(cache_dir)}
+    assert _parse(_config(tmp_path, uri, **config), cache=True).get_host("s1").vars["farm_lifecycle"] == "active"
+    later = _config(tmp_path, uri, now="2026-11-22T06:00:00Z", **config)
+    assert _parse(later, cache=True).get_host("s1").vars["farm_lifecycle"] == "draining"
