@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Pre-stage one 2 GiB image over HTTP from a local server: batchvirt.farm vs get_url vs the floor.
 
 Measured in the same run, each repeated (median of ``--repeat``, interleaved):
@@ -101,7 +100,7 @@ def timed(argv, env=None) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

@@ -462,6 +462,12 @@ class ImageCache:
         ).fetchone()
         return self._record(row) if row is not None else None
 
+    def _must_get(self, identifier: str, version: str) -> ImageRecord:
+        record = self.get(identifier, version)
+        if record is None:
+            raise ImageCacheError("internal error: image %s version %s vanished from the cache" % (identifier, version))
+        return record
+
     def images(self, state: Optional[str] = None) -> List[ImageRecord]:
         if state:
             rows = self.db.execute("SELECT * FROM images WHERE state = ? ORDER BY identifier, version", (state,))
@@ -505,7 +511,10 @@ class ImageCache:
             ).fetchone()
             from_state = row["state"] if row is not None else None
             if row is None:
-                assert values is not None
+                if values is None:
+                    raise ImageCacheError(
+                        "internal error: image %s version %s is not in the cache" % (identifier, version)
+                    )
                 try:
                     conn.execute(
                         "INSERT INTO images (identifier, version, state, filename, uri, size, sha512, format, "
@@ -821,8 +830,7 @@ class ImageCache:
         os.replace(partial, final)
         _fsync_dir(self.root)
         self._transition(identifier, version, READY, "verified size %d and sha512 from %s" % (size, uri))
-        record = self.get(identifier, version)
-        assert record is not None
+        record = self._must_get(identifier, version)
         result = StageResult(
             record=record,
             changed=True,
@@ -872,8 +880,7 @@ class ImageCache:
         was_ready = record.state == READY
         self._transition(identifier, version, EXPIRED, reason)
         if was_ready:
-            record = self.get(identifier, version)
-            assert record is not None
+            record = self._must_get(identifier, version)
             warning = self.run_hook("expired", record, reason)
             if warning:
                 warnings.append(warning)

@@ -331,8 +331,8 @@ def _fetch_http(
             request_headers["Range"] = "bytes=%d-" % offset
         try:
             conn.connect()
-            assert conn.sock is not None
-            conn.sock.settimeout(timeout)
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
             conn.request("GET", path, headers=request_headers)
             response = conn.getresponse()
         except socket.timeout:

@@ -17,7 +17,7 @@ description:
   - The image comes either from an image list the hypervisor subscribed to with
     M(batchvirt.farm.image_subscription) (give O(identifier) and O(version), or V(latest)), or
     from an explicit O(source) with O(sha512) and O(size).
-  - Transports are V(file://), V(http://) and V(https://) (resumable with HTTP C(Range): a rerun
+  - Transports are V(file://), V(http://) and V(https://) (resumable with HTTP C(Range), so a rerun
     after an interrupted download continues where it stopped), and BitTorrent (V(magnet:) links
     and V(.torrent) sources) when the collection's BitTorrent transport is installed.
   - Every change holds the cache's one lock, so two pre-stage runs on one hypervisor never
@@ -29,7 +29,7 @@ description:
   - The cache's layout, states, history and event hooks are described in the collection's
     C(docs/images.md).
 author:
-  - batchvirt.farm contributors
+  - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - batchvirt.farm.libvirt
@@ -40,6 +40,7 @@ attributes:
   diff_mode:
     support: none
   idempotent:
+    description: Running the module again with the same options changes nothing.
     support: full
   platform:
     platforms: posix
