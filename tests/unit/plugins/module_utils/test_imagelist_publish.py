@@ -284,3 +284,17 @@ def test_trickling_server_hits_the_deadline(monkeypatch):
         il._read_limited(_Trickle(clock), 1000, deadline=10.0)
     assert err.value.reason == "fetch_failed"
     assert "did not finish within the timeout (11 bytes read)" in str(err.value)
+
+
+def test_unreadable_existing_file_needs_an_explicit_version(pki, files, tmp_path):
+    path = tmp_path / "farm.list"
+    path.write_text("not a signed list\n")
+    with pytest.raises(il.ImageListError) as err:
+        publish(pki, path, images(files))
+    assert err.value.field_name == "path"
+    assert "is not a readable signed image list" in str(err.value)
+    assert "set O(version) higher than the last published version" in str(err.value)
+    assert path.read_text() == "not a signed list\n"
+    result = publish(pki, path, images(files), version="12")
+    assert result["version"] == "12"
+    assert il.verify(path.read_bytes(), pki.ca_dir, LIST_ID, now=pki.now).version == "12"
