@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Every role variable is prefixed ``farm_<role>_`` (internal ones ``__farm_<role>_``).
 
 Checks the keys of defaults/ and vars/ files, the options of meta/argument_specs.yml, and

@@ -18,7 +18,7 @@ description:
     calling this module.
   - Publish the new version in the site's signed image list with M(batchvirt.farm.image_list).
 author:
-  - batchvirt.farm maintainers
+  - batchvirt.farm maintainers (@batchvirt)
 extends_documentation_fragment:
   - batchvirt.farm.libvirt
   - ansible.builtin.action_common_attributes
@@ -30,6 +30,7 @@ attributes:
     support: none
   idempotent:
     support: partial
+    description: Whether a second run with the same options changes nothing.
     details: With an explicit O(version) that already exists nothing changes; without it every run writes a new version.
 options:
   name:
