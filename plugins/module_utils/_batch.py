@@ -344,13 +344,15 @@ def cloud_init_registration(
     if system == "htcondor":
         text = condor_config
         if text is None:
-            feature_line = f'FARM_FEATURES = "{",".join(features)}"\nSTARTD_ATTRS = $(STARTD_ATTRS) FARM_FEATURES\n'
+            attrs = ["FARM_NODE_NAME"] + (["FARM_FEATURES"] if features else [])
             text = (
                 "# written by batchvirt.farm at first boot\n"
                 f"CONDOR_HOST = {controller}\n"
                 "DAEMON_LIST = MASTER, STARTD\n"
-                f"STARTD_NAME = {node_name}\n"
-                "use feature : PartitionableSlot\n" + (feature_line if features else "")
+                "use feature : PartitionableSlot\n"
+                f'FARM_NODE_NAME = "{node_name}"\n'
+                + (f'FARM_FEATURES = "{",".join(features)}"\n' if features else "")
+                + f"STARTD_ATTRS = $(STARTD_ATTRS) {' '.join(attrs)}\n"
             )
         return {
             "write_files": [

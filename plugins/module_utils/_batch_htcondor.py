@@ -5,7 +5,7 @@
 Tested only against typical command output (tests/unit/fixtures/htcondor/): no HTCondor
 daemons can run where this collection is developed. The bulk query is one
 ``condor_status -startd -json``; a node is an execute machine, named by the
-``FarmNodeName`` attribute its startd advertises (written by :func:`cloud_init_registration`)
+``FARM_NODE_NAME`` attribute its startd advertises (written by :func:`cloud_init_registration`)
 or else by its ``Machine``; each dynamic slot claimed by a job counts as one job.
 """
 
@@ -38,8 +38,8 @@ ATTRIBUTES = (
     "SlotType",
     "Draining",
     "DrainReason",
-    "FarmNodeName",
-    "FarmFeatures",
+    "FARM_NODE_NAME",
+    "FARM_FEATURES",
     "GlobalJobId",
 )
 _BUSY_ACTIVITIES = ("Busy", "Retiring", "Suspended", "Vacating", "Killing")
@@ -51,7 +51,7 @@ _ERRORS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
         "install the pool's token/password and check ALLOW_ADMINISTRATOR",
     ),
     (
-        ("Can't find address for startd", "Can't find address for", "unknown"),
+        ("Can't find address for startd",),
         "the startd is unknown to the collector: check the node name, or wait until the node has registered",
     ),
     (
@@ -80,12 +80,12 @@ def parse_status_json(text: str) -> Dict[str, NodeStatus]:
     states: Dict[str, List[str]] = {}
     for ad in ads:
         machine = str(ad.get("Machine") or str(ad.get("Name", "")).split("@")[-1])
-        name = str(ad.get("FarmNodeName") or machine)
+        name = str(ad.get("FARM_NODE_NAME") or machine)
         if not name:
             continue
         status = nodes.get(name)
         if status is None:
-            feats = str(ad.get("FarmFeatures") or "")
+            feats = str(ad.get("FARM_FEATURES") or "")
             status = nodes[name] = NodeStatus(
                 name=name, address=machine, features=tuple(f for f in feats.split(",") if f), registered=True
             )
