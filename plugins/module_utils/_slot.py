@@ -168,7 +168,11 @@ def resolve_image(spec: Dict[str, Any]) -> ImageSource:
     if os.path.exists(os.path.join(root.rstrip("/") + ".cache", "cache.sqlite")):
         cache = ImageCache(root)
         try:
-            record = cache.get(identifier, version)
+            if version == "latest":  # the newest ready version of the image on this hypervisor
+                record = cache.latest(identifier)
+                version = record.version if record is not None else version
+            else:
+                record = cache.get(identifier, version)
         except ImageCacheError as exc:
             raise SlotError(f"image {identifier} {version}: {exc}", "image") from None
         finally:
@@ -212,6 +216,22 @@ def kernel_boot(boot: Dict[str, Any], image: ImageSource) -> Tuple[str, str, str
 
 
 # -- requests -----------------------------------------------------------------------------
+def parse_forwards(forwards: Sequence[str], default_host: str) -> List[Tuple[str, int, int]]:
+    """``network.forwards`` entries (``[host:]host_port:guest_port``) as (host, host port, guest port)."""
+    out = []
+    for entry in forwards:
+        parts = str(entry).rsplit(":", 2)
+        try:
+            host = parts[0] if len(parts) == 3 else default_host
+            out.append((host, int(parts[-2]), int(parts[-1])))
+        except (ValueError, IndexError):
+            raise SlotError(
+                f"network.forwards: {entry!r} is not [host:]host_port:guest_port, for example 127.0.0.1:16819:16819",
+                "network.forwards",
+            ) from None
+    return out
+
+
 def expand_requests(params: Dict[str, Any], host: Any = None) -> List[Dict[str, Any]]:
     """One parameter dict per slot: ``name``, a ``slots`` list, or a ``layout``."""
     base = {k: v for k, v in params.items() if k not in ("slots", "layout")}
@@ -429,6 +449,9 @@ class SlotManager:
             ssh_host=ssh_host or "127.0.0.1",
             ssh_port=ssh_port if network["mode"] == "user" else 0,
             console_log=os.path.join(CONSOLE_LOG_DIR, f"{name}-console.log"),
+            extra_forwards=parse_forwards(network.get("forwards") or [], ssh_host or "127.0.0.1")
+            if network["mode"] == "user"
+            else [],
         )
         batch = req.get("batch") or {}
         return {
@@ -465,8 +488,17 @@ class SlotManager:
             worker_type=req.get("worker_type") or "",
             batch_system=plan["batch_system"],
             batch_node=plan["batch_node"] if plan["batch_node"] != plan["name"] else "",
+            extra=self._extra(plan, {}),
             **self._network_fields(plan),
         )
+
+    @staticmethod
+    def _extra(plan: Dict[str, Any], current: Dict[str, str]) -> Dict[str, str]:
+        """The metadata's extra fields: the user-mode forwards are kept there (a replacement reuses them)."""
+        extra = {k: v for k, v in current.items() if k != "forwards"}
+        if plan["spec"].extra_forwards:
+            extra["forwards"] = ",".join("%s:%d:%d" % fwd for fwd in plan["spec"].extra_forwards)
+        return extra
 
     @staticmethod
     def _network_fields(plan: Dict[str, Any]) -> Dict[str, Any]:
@@ -487,6 +519,7 @@ class SlotManager:
             worker_type=req.get("worker_type") or "",
             batch_system=plan["batch_system"],
             batch_node=plan["batch_node"] if plan["batch_node"] != plan["name"] else "",
+            extra=self._extra(plan, current.extra),
             **self._network_fields(plan),
         )
 

@@ -158,7 +158,9 @@ options:
         description: The image identifier (as in the image list); with O(image.version), a staged image of the cache.
         type: str
       version:
-        description: The image version.
+        description:
+          - The image version; V(latest) is the newest version the image cache on the hypervisor holds
+            ready (what a rolling update replaces slots with).
         type: str
       path:
         description: An image file on the hypervisor instead of a cached one.
@@ -251,6 +253,13 @@ options:
         description: The user to SSH in as (reported in the result).
         type: str
         default: root
+      forwards:
+        description:
+          - V(user) mode only; more TCP forwards from the hypervisor to the guest, each
+            C([host:]host_port:guest_port) (host default O(network.ssh_host)), for example the port of the
+            guest's C(slurmd) that the batch controller connects to.
+        type: list
+        elements: str
   cloud_init:
     description: The site's cloud-config (a dict), merged with O(ssh_authorized_keys) and the batch registration.
     type: dict
@@ -548,6 +557,7 @@ ARGUMENT_SPEC = {
             "ssh_host": {"type": "str", "default": "127.0.0.1"},
             "ssh_port": {"type": "int"},
             "ssh_user": {"type": "str", "default": "root"},
+            "forwards": {"type": "list", "elements": "str"},
         },
     },
     "cloud_init": {"type": "dict"},
