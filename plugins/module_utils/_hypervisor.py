@@ -219,7 +219,7 @@ def check_pool_path(
     if len(missing) > MAX_MISSING_DIRS:
         raise HypervisorError(
             "path: %s does not exist, nor does %s: is the filesystem meant to hold the pool mounted? "
-            "(the role creates at most the pool directory and its parent; create or mount %s first)"
+            "(only the pool directory and its parent are created: create or mount %s first)"
             % (path, missing[-1], missing[-1]),
             "path",
         )
