@@ -108,6 +108,7 @@ def controller_vars(tmp: str) -> Dict[str, object]:
         "farm_batch_controller_hostname": "localhost",
         "farm_batch_controller_address": "127.0.0.1",
         "farm_batch_controller_port": CTLD_PORT,
+        "farm_batch_controller_slurmd_port": CTLD_PORT + 1,  # dynamic nodes listen there
         "farm_batch_controller_no_in_addr_any": True,
         "farm_batch_controller_max_node_count": 8,
         "farm_batch_controller_state_dir": os.path.join(tmp, "state"),
