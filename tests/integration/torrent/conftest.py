@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -53,6 +53,7 @@ class Swarm:
     def __init__(self, bed) -> None:  # type: ignore[no-untyped-def]
         self.bed = bed
         self.tmp = bed.tmp
+        self.servers: Dict[str, subprocess.Popen] = {}  # type: ignore[type-arg]  # base URL -> HTTP server
         os.chmod(self.tmp, 0o755)  # opentracker drops to 'nobody' and reads its whitelist here
 
     def image(self, name: str = "image.raw", size: int = 8 * 1024 * 1024, directory: Optional[str] = None) -> str:
@@ -85,6 +86,7 @@ class Swarm:
         self.bed.process(proc)
         assert proc.stdout is not None
         port = int(proc.stdout.readline().strip())
+        self.servers[f"http://{host}:{port}"] = proc
         return f"http://{host}:{port}"
 
     def state_dir(self, name: str) -> str:

@@ -9,6 +9,7 @@ directions (egress of the endpoint side = its uplink, egress of the switch side 
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 from typing import Callable, Dict, List, Optional
@@ -25,7 +26,7 @@ def _tc(ns: str, dev: str, rate_mbit: float) -> None:
     burst = max(32 * 1024, int(rate_mbit * 1e6 / 8 / 100))
     subprocess.run(
         ["ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-         "rate", f"{rate_mbit}mbit", "burst", str(burst), "latency", "50ms"],
+         "rate", f"{rate_mbit}mbit", "burst", str(burst), "latency", os.environ.get("BVT_TBF_LATENCY", "50ms")],
         check=True, capture_output=True,
     )  # fmt: skip
 

@@ -1,0 +1,94 @@
+"""Pure parts of the BitTorrent transport: torrent creation and reading, piece sizes, the
+aria2c seeding command line, and the errors a site admin sees."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [(1, 256 * 1024), (512 * MIB, 256 * 1024), (600 * MIB, 512 * 1024), (10 * 1024 * MIB, 8 * MIB),
+     (1024 * 1024 * MIB, 16 * MIB)],
+)  # fmt: skip
+def test_default_piece_length(size, expected):
+    assert _torrent.default_piece_length(size) == expected
+
+
+def test_make_and_read_torrent(tmp_path):
+    image = tmp_path / "img.raw"
+    image.write_bytes(os.urandom(300 * 1024))
+    meta = _torrent.make_torrent(str(image), ["http://t.invalid:6969/announce"], ["http://s.invalid/img.raw"])
+    assert meta["changed"] and meta["path"] == str(image) + ".torrent"
+    back = _torrent.read_torrent(meta["path"])
+    assert back["info_hash"] == meta["info_hash"] and len(back["info_hash"]) == 40
+    assert back["size"] == 300 * 1024 and back["single_file"]
+    assert back["pieces"] == 2 and back["piece_length"] == 256 * 1024
+    assert back["web_seeds"] == ["http://s.invalid/img.raw"]
+    assert back["trackers"] == ["http://t.invalid:6969/announce"]
+    assert back["magnet"].startswith("magnet:?xt=urn:btih:" + meta["info_hash"])
+    again = _torrent.make_torrent(str(image), ["http://t.invalid:6969/announce"], ["http://s.invalid/img.raw"])
+    assert not again["changed"]
+    other = _torrent.make_torrent(str(image), [], [], piece_length=32 * 1024, output=str(tmp_path / "o.torrent"))
+    assert other["changed"] and other["pieces"] == 10 and other["info_hash"] != meta["info_hash"]
+
+
+def test_make_torrent_refuses_bad_input(tmp_path):
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.make_torrent(str(tmp_path / "nope.raw"), [], [])
+    assert err.value.message == f"cannot create a torrent for {tmp_path / 'nope.raw'}: not a regular file"
+    empty = tmp_path / "empty.raw"
+    empty.write_bytes(b"")
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.make_torrent(str(empty), [], [])
+    assert "the file is empty" in err.value.message
+    data = tmp_path / "d.raw"
+    data.write_bytes(b"x" * 100)
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.make_torrent(str(data), [], [], piece_length=100000)
+    assert "piece_length 100000 must be a power of two of at least 16384" in err.value.message
+
+
+def test_read_torrent_names_the_bad_file(tmp_path):
+    junk = tmp_path / "junk.torrent"
+    junk.write_bytes(b"d4:spam")
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.read_torrent(str(junk))
+    assert err.value.message.startswith(f"{junk} is not a readable .torrent file")
+
+
+def test_unsupported_source_scheme(tmp_path):
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent._obtain_torrent("ftp://srv/img.torrent", str(tmp_path), 5)
+    assert "ftp://srv/img.torrent: unsupported BitTorrent source" in err.value.message
+
+
+def test_seed_args():
+    forever = _torrent.aria2c_seed_args("7000")
+    assert "--seed-ratio=0.0" in forever and not any(a.startswith("--seed-time") for a in forever)
+    assert "--bt-seed-unverified=true" in forever and "--listen-port=7000" in forever
+    timed = _torrent.aria2c_seed_args("7000", 90, verify=True, tracker_interval=5)
+    assert "--seed-time=1.5000" in timed and "--check-integrity=true" in timed
+    assert "--bt-seed-unverified=false" in timed and "--bt-tracker-interval=5" in timed
+
+
+def test_missing_torf_says_what_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "torf":
+            raise ImportError("no torf")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent.read_torrent("/x.torrent")
+    assert "install it with 'pip install torf'" in err.value.message
