@@ -13,7 +13,6 @@ docs/performance/inventory.md).
 from __future__ import annotations
 
 import datetime
-import os
 import re
 import threading
 import time
@@ -21,22 +20,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
-    FarmLibvirtError,
-    connect,
-    slot_metadata_xml,
-)
+from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import FarmLibvirtError, connect
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
     BatchView,
     LifecycleTimes,
     compute_lifecycle,
     seconds_to_drain,
-    utcnow,
 )
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot import read_metadata
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_clock import NOW_ENV  # noqa: F401 (re-exported)
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_clock import farm_now as _env_now
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import (
-    NAMESPACE,
     SlotMetadataError,
-    from_xml,
     parse_time,
 )
 
@@ -44,9 +39,6 @@ try:
     import libvirt
 except ImportError:  # pragma: no cover - reported by connect()
     libvirt = None
-
-# The environment variable that pins the farm clock (tests, what-if runs): an ISO-8601 time.
-NOW_ENV = "BATCHVIRT_FARM_NOW"
 
 # libvirt run states in which a domain counts as "not running" for the lifecycle.
 _STOPPED_STATES = frozenset((0, 5, 6))  # NOSTATE, SHUTOFF, CRASHED
@@ -63,28 +55,14 @@ _STATE_NAMES = {
 
 
 def farm_now(override: Optional[str] = None) -> datetime.datetime:
-    """The farm clock: ``override`` if given, else ``$BATCHVIRT_FARM_NOW``, else the real UTC time."""
-    text = override or os.environ.get(NOW_ENV, "")
-    if text:
-        try:
-            return parse_time(text, "now")
-        except SlotMetadataError as exc:
-            source = "now" if override else NOW_ENV
-            raise ValueError(f"{source}: {exc}") from None
-    return utcnow()
-
-
-def with_namespace(text: str) -> str:
-    """Give back the namespace ``virDomain.metadata()`` strips from the element it returns.
-
-    libvirt returns ``<slot schema="1"><name>...`` without any namespace, while
-    :func:`from_xml` (rightly) wants the collection's namespace: declaring it as the default
-    namespace of the root element puts every unprefixed child back in it.
-    """
-    head = text.lstrip()
-    if head.startswith("<slot") and "xmlns" not in head[: head.find(">")]:
-        return head.replace("<slot", f'<slot xmlns="{NAMESPACE}"', 1)
-    return text
+    """The farm clock: ``override`` (the plugin option ``now``) if given, else the shared clock
+    of ``_slot_clock`` (``$BATCHVIRT_FARM_NOW`` or the real UTC time)."""
+    try:
+        if override:
+            return parse_time(override, "now")
+        return _env_now()
+    except SlotMetadataError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def state_name(state: int) -> str:
@@ -152,20 +130,19 @@ def read_domains(conn: Any, include_foreign: bool = False) -> List[DomainRecord]
     for dom, stats in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0):
         state = int(stats.get("state.state", 0))
         try:
-            text = slot_metadata_xml(dom)
+            meta = read_metadata(dom)  # one metadata() call; puts back the namespace libvirt strips
+        except SlotMetadataError as exc:
+            records.append(DomainRecord(dom.name(), state, None, str(exc)))
+            continue
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 continue  # undefined between the listing and now
             raise
-        if text is None:
+        if meta is None:
             if include_foreign:
                 records.append(DomainRecord(dom.name(), state))
             continue
-        try:
-            slot = from_xml(with_namespace(text)).to_dict()
-        except SlotMetadataError as exc:
-            records.append(DomainRecord(dom.name(), state, None, str(exc)))
-            continue
+        slot = meta.to_dict()
         records.append(DomainRecord(dom.name(), state, slot))
     return records
 
