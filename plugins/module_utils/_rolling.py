@@ -122,7 +122,7 @@ def floor_schedule(remaining: Sequence[float], size: int, replace_seconds: float
     groups = [order[i : i + size] for i in range(0, len(order), size)]
     end = 0.0
     for group in groups:
-        end = max(end, max(max(0.0, float(remaining[i])) for i in group)) + replace_seconds
+        end = max(end, *(max(0.0, float(remaining[i])) for i in group)) + replace_seconds
     return end, groups
 
 

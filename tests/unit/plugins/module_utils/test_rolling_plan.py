@@ -80,7 +80,7 @@ def test_floor_schedule_is_the_best_order():
     def end_of(order):
         t = 0.0
         for i in range(0, len(order), size):
-            t = max(t, max(remaining[j] for j in order[i : i + size])) + replace
+            t = max(t, *(remaining[j] for j in order[i : i + size])) + replace
         return t
 
     best = min(end_of(p) for p in itertools.permutations(range(len(remaining))))
