@@ -16,8 +16,8 @@ description:
   - Each slot gets a cloud-init NoCloud seed ISO (user-data, meta-data, network-config) and carries its
     lifetime (C(created_at), C(drain_at), C(deadline)) and an operator drain request in its own libvirt
     metadata; its lifecycle state (see C(docs/slots.md)) is derived from that metadata and the clock.
-  - One slot with O(name); many in one call with O(slots) or O(layout) (the C(vm_slots) role uses
-    O(layout): one module call per hypervisor, not one per slot).
+  - One slot with O(name); many in one call with O(slots) or O(layout). The C(vm_slots) role uses
+    O(layout), so a hypervisor costs one module call, not one per slot.
   - The UUID and MAC address of a slot derive from O(hypervisor) and the slot name, so they are the
     same on every run. A rerun changes nothing when the definition is up to date and never moves a
     slot's metadata times.
