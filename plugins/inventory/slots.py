@@ -408,6 +408,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         batch = self._batch_option()
         if batch is not None:
             system, options = batch
+            adapter = self._batch_adapter(system, options)
             nodes = sorted(
                 {
                     d.slot["batch"]["node"]
@@ -417,7 +418,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 }
             )
             try:
-                views = self._batch_adapter(system, options).bulk_view(nodes) if nodes else {}
+                views = adapter.bulk_view(nodes) if nodes else {}
                 data["batch"] = {node: batch_view_to_json(view) for node, view in views.items()}
             except AnsibleError:
                 raise
@@ -433,7 +434,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleError(f"batch: this batchvirt.farm has no batch adapter module ({exc})") from None
         try:
             return get_adapter(system, **options)
-        except (TypeError, ValueError, KeyError) as exc:
+        except Exception as exc:  # unknown system (BatchError), unknown option (TypeError)
             raise AnsibleParserError(
                 f"batch: cannot use batch system {system!r} with options {options!r}: {exc}"
             ) from None

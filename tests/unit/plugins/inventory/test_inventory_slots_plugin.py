@@ -482,3 +482,21 @@ def test_cache_holds_raw_data_so_the_lifecycle_follows_the_clock(tmp_path, monke
     assert _parse(_config(tmp_path, uri, **config), cache=True).get_host("s1").vars["farm_lifecycle"] == "active"
     later = _config(tmp_path, uri, now="2026-11-22T06:00:00Z", **config)
     assert _parse(later, cache=True).get_host("s1").vars["farm_lifecycle"] == "draining"
+
+
+def test_unknown_batch_system_names_the_option(tmp_path):
+    uri = _farm_file(tmp_path, [("s1", slot("s1", "hv1"), True)])
+    plugin = make_plugin(hypervisors=[uri], batch={"system": "pbs"})
+    with pytest.raises(
+        AnsibleParserError, match="batch: cannot use batch system 'pbs' with options {}: system='pbs' is not supported"
+    ):
+        plugin._fetch(plugin._hypervisors())
+
+
+def test_real_slurm_adapter_failure_is_a_warning(tmp_path):
+    """The real adapter (module_utils._batch) with commands that do not exist: one failed query."""
+    uri = _farm_file(tmp_path, [("s1", slot("s1", "hv1"), True)])
+    plugin = make_plugin(hypervisors=[uri], batch={"system": "slurm", "bin_dir": str(tmp_path / "nowhere")})
+    data = plugin._fetch(plugin._hypervisors())
+    assert data["batch"] is None
+    assert data["batch_error"].startswith("batch: the slurm query failed: ")
