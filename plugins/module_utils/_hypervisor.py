@@ -485,7 +485,8 @@ def ensure_network(
                     net.destroy()
                 net.undefine()
         return out
-    assert spec is not None
+    if spec is None:
+        raise HypervisorError("mode and bridge are required with state=present", "mode")
     if spec.mode == "bridge" and not bridge_exists(spec.bridge):
         raise HypervisorError(
             f"bridge: the host bridge {spec.bridge!r} does not exist: create it (enslaving the physical NIC) "

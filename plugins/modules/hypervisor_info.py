@@ -22,11 +22,10 @@ description:
     the file the P(batchvirt.farm.hypervisor#role) role writes (O(config_path)), else from the defaults
     (2048 MiB, 1 CPU).
 author:
-  - batchvirt.farm contributors
+  - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
   - batchvirt.farm.libvirt
   - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.info_module
 attributes:
   check_mode:
     support: full
@@ -34,6 +33,9 @@ attributes:
     support: none
   idempotent:
     support: full
+    description: The module only reads; running it again returns the same unless the hypervisor changed.
+  platform:
+    platforms: posix
 options:
   config_path:
     description:

@@ -12,13 +12,13 @@ description:
   - Defines, starts and marks for autostart a libvirt network for slots, or removes it.
   - V(nat) is a libvirt NAT network with its own bridge, host address and DHCP range.
   - V(bridge) attaches slots to an existing host bridge (which enslaves a physical NIC), so that
-    slots get addresses on the site's network. The module does not create the host bridge: that
-    belongs to the host's network configuration, and rewriting it remotely can cut the very
-    connection Ansible runs over.
+    slots get addresses on the site's network. The module does not create the host bridge, which
+    belongs to the host's network configuration (rewriting it remotely can cut the very
+    connection Ansible runs over).
   - User-mode networking (loopback port forwards) needs no libvirt network and is not handled here.
   - A definition that differs from the wanted one is replaced (the network is restarted).
 author:
-  - batchvirt.farm contributors
+  - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
   - batchvirt.farm.libvirt
   - ansible.builtin.action_common_attributes
@@ -29,6 +29,9 @@ attributes:
     support: full
   idempotent:
     support: full
+    description: A second run with the same options changes nothing and reports no change.
+  platform:
+    platforms: posix
 options:
   name:
     description: Network name.

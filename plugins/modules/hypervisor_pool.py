@@ -18,7 +18,7 @@ description:
     C(pvcreate) and C(vgcreate); an existing group is used as it is.
   - Removing a pool (O(state=absent)) removes only its definition, never its files or volumes.
 author:
-  - batchvirt.farm contributors
+  - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
   - batchvirt.farm.libvirt
   - ansible.builtin.action_common_attributes
@@ -29,6 +29,9 @@ attributes:
     support: full
   idempotent:
     support: full
+    description: A second run with the same options changes nothing and reports no change.
+  platform:
+    platforms: posix
 options:
   name:
     description: Pool name.
