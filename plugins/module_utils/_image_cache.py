@@ -841,6 +841,12 @@ class ImageCache:
         warning = self.run_hook("ready", record, "staged from %s" % uri)
         if warning:
             result.warnings.append(warning)
+        if getattr(outcome, "torrent", ""):
+            from ansible_collections.batchvirt.farm.plugins.module_utils._transfer import start_seeding
+
+            warning = start_seeding(outcome, final, fetch_options or {})
+            if warning:
+                result.warnings.append(warning)
         return result
 
     # -- expiry -------------------------------------------------------------------------

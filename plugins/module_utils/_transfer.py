@@ -57,6 +57,7 @@ class TransferResult:
     transferred: int  # bytes received over the transport in this run
     resumed_from: int  # bytes already in the partial file when this run started
     seconds: float
+    torrent: str = ""  # BitTorrent only: the .torrent kept for seeding
 
 
 class _Hasher:
@@ -198,7 +199,8 @@ def fetch(
     parsed = urllib.parse.urlsplit(uri)
     scheme = parsed.scheme.lower()
     if scheme == "magnet" or (scheme in ("http", "https", "file", "") and parsed.path.endswith(".torrent")):
-        return _fetch_torrent(uri, dest, size, sha512, timeout, **opts)
+        # The BitTorrent engine bounds the whole download, not the silence between packets.
+        return _fetch_torrent(uri, dest, size, sha512, total_timeout or 3600, **opts)
     started = time.monotonic()
     if scheme == "file":
         if not allow_file:
@@ -228,26 +230,75 @@ def fetch(
 
 
 def _fetch_torrent(uri: str, dest: str, size: int, sha512: str, timeout: float, **opts: Any) -> TransferResult:
+    """BitTorrent through ``_torrent.fetch``, then the sha512 of the whole file.
+
+    Pieces arrive out of order (each checked by the engine against the torrent's SHA-1 piece
+    hashes), so the sha512 the list publishes can only be computed once the file is complete:
+    this is the one transport that reads the file a second time.
+    """
     try:
-        from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent  # type: ignore[attr-defined]
+        from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
     except ImportError:
         raise TransferError(
             "%s: BitTorrent sources (magnet: links, .torrent files) need the BitTorrent transport, which this "
             "installation of batchvirt.farm does not have; use an http(s):// or file:// URI" % uri
         ) from None
     started = time.monotonic()
-    outcome = _torrent.fetch(uri, dest, size, sha512, timeout, **opts)
-    if isinstance(outcome, TransferResult):
-        return outcome
+    resumed_from = _resume_point(dest, size)
+    try:
+        outcome = _torrent.fetch(uri, dest, size, sha512, timeout, **opts)
+    except Exception as exc:
+        raise TransferError(
+            "%s: %s" % (uri, getattr(exc, "message", None) or exc), resumable=os.path.exists(dest)
+        ) from None
+    try:
+        actual = os.path.getsize(dest)
+    except OSError:
+        raise TransferError("%s: the BitTorrent transport left no file at %s" % (uri, dest)) from None
+    if actual != size:
+        raise TransferError(
+            "size mismatch for %s: the torrent delivered %d bytes, the list publishes %d; refused" % (uri, actual, size)
+        )
+    digest, _done = _hash_prefix(dest, size)
+    if digest.hexdigest() != sha512:
+        raise TransferError(
+            "sha512 mismatch for %s: got %s..., the list publishes %s...; the file is refused and deleted "
+            "(the torrent does not hold the endorsed image)" % (uri, digest.hexdigest()[:16], sha512[:16])
+        )
+    transferred = size - resumed_from
+    if isinstance(outcome, dict) and isinstance(outcome.get("downloaded"), int):
+        transferred = outcome["downloaded"]
     return TransferResult(
         uri=uri,
         path=dest,
         size=size,
         sha512=sha512,
-        transferred=int(getattr(outcome, "transferred", 0) or 0) if outcome is not None else 0,
-        resumed_from=int(getattr(outcome, "resumed_from", 0) or 0) if outcome is not None else 0,
+        transferred=transferred,
+        resumed_from=resumed_from,
         seconds=time.monotonic() - started,
+        torrent=str(outcome.get("torrent") or "") if isinstance(outcome, dict) else "",
     )
+
+
+def start_seeding(result: Any, path: str, options: Dict[str, Any]) -> Optional[str]:
+    """After a BitTorrent image became ready at ``path``: seed it for ``seed_for_seconds``.
+
+    Returns a warning when seeding could not start (the image stays ready).
+    """
+    torrent = getattr(result, "torrent", "")
+    seconds = options.get("seed_for_seconds")
+    if not torrent or not seconds:
+        return None
+    try:
+        from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
+
+        keys = ("state_dir", "listen_port", "trackers", "max_upload_limit", "dht", "aria2c", "extra_args")
+        _torrent.start_seeding(torrent, path, float(seconds), **{k: options[k] for k in keys if k in options})
+    except Exception as exc:
+        return "the image is ready but seeding it over BitTorrent did not start: %s" % (
+            getattr(exc, "message", None) or exc
+        )
+    return None
 
 
 def _fetch_file(uri: str, source: str, dest: str, size: int, sha512: str, fsync: bool) -> TransferResult:

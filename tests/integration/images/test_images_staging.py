@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,3 +246,33 @@ def test_second_deploy_waits_for_the_first(cache, hostbed):
         waited = time.monotonic() - began
         assert "pid %d" % os.getpid() in cache.lock_holder()
     assert 0.5 < waited < 15
+
+
+def test_torrent_source_is_staged_through_the_bittorrent_transport(cache, served, tmp_path):
+    """A .torrent whose only peer is the HTTP web seed: dispatch, then size and sha512 checked here."""
+    torrent_mod = pytest.importorskip("ansible_collections.batchvirt.farm.plugins.module_utils._torrent")
+    if shutil.which("aria2c") is None:
+        pytest.skip("aria2c is not installed (bindep: aria2)")
+    img = served.add("bt.raw", size=2 * 1024 * 1024 + 9, seed=9)
+    torrent_mod.make_torrent(img.path, [], [served.url("bt.raw")], output=img.path + ".torrent")
+    opts = {"state_dir": str(tmp_path / "bt"), "total_timeout": 60, "listen_port": "16881-16899"}
+    result = _stage(cache, img, served.url("bt.raw.torrent"), **opts)
+    assert result.changed and cache.get("img-a", "1").state == "ready"
+    assert served.server.sent["bt.raw"] >= img.size
+    with pytest.raises(ImageCacheError) as err:
+        _stage(cache, img, served.url("bt.raw.torrent"), version="2", sha512="3" * 128, **opts)
+    assert "sha512 mismatch for %s" % served.url("bt.raw.torrent") in err.value.message
+    assert "torrent does not hold the endorsed image" in err.value.message
+    assert cache.get("img-a", "2").state == "failed" and _ready_files(cache) == ["img-a_1.qcow2"]
+
+
+def test_magnet_refused_clearly_without_engine(cache, served, monkeypatch):
+    img = served.add("m.raw")
+    from ansible_collections.batchvirt.farm.plugins.module_utils import __name__ as package_name
+
+    package = sys.modules[package_name]
+    monkeypatch.setitem(sys.modules, package_name + "._torrent", None)
+    monkeypatch.delattr(package, "_torrent", raising=False)
+    with pytest.raises(ImageCacheError) as err:
+        _stage(cache, img, "magnet:?xt=urn:btih:" + "0" * 40, total_timeout=5)
+    assert "need the BitTorrent transport" in err.value.message
