@@ -79,7 +79,7 @@ def parse_status_json(text: str) -> Dict[str, NodeStatus]:
     busy: Dict[str, int] = {}
     states: Dict[str, List[str]] = {}
     for ad in ads:
-        machine = str(ad.get("Machine") or str(ad.get("Name", "")).split("@")[-1])
+        machine = str(ad.get("Machine") or str(ad.get("Name", "")).rsplit("@", maxsplit=1)[-1])
         name = str(ad.get("FARM_NODE_NAME") or machine)
         if not name:
             continue

@@ -517,7 +517,7 @@ class SlurmAdapter(BatchAdapter):
         if rc != 0:
             return ""
         for line in out.splitlines():
-            key, _, value = line.partition("=")
+            key, _sep, value = line.partition("=")
             if key.strip() == "SlurmctldLogFile":
                 value = value.strip()
                 return "" if value in ("(null)", "") else value

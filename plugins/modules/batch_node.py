@@ -18,7 +18,7 @@ description:
   - HTCondor support uses C(condor_status), C(condor_drain) and C(condor_off); it has been tested
     against typical command output only, not against HTCondor daemons.
 author:
-  - batchvirt.farm contributors
+  - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -28,6 +28,7 @@ attributes:
     support: full
     details: The diff shows each node's state before and after.
   idempotent:
+    description: When run twice with the same arguments, the second run changes nothing.
     support: full
     details: Draining a node already draining with the same reason, or resuming a node that is not drained, changes nothing.
   platform:

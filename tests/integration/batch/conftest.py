@@ -4,6 +4,7 @@ and slurmd processes started by hand for those nodes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -48,7 +49,7 @@ class SlurmCluster:
 
     def start_slurmd(self, node: str, extra: List[str] = ()) -> None:  # type: ignore[assignment]
         self.run("slurmd", "-N", node, *extra)
-        for _ in range(50):
+        for _attempt in range(50):
             if os.path.exists(self.pid_file(node)):
                 break
             time.sleep(0.1)
@@ -63,7 +64,7 @@ class SlurmCluster:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        for _ in range(50):
+        for _attempt in range(50):
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
@@ -96,6 +97,11 @@ class SlurmCluster:
                 return state
             time.sleep(0.3)
         raise AssertionError(f"node {node} still in state {state!r} after {timeout} s")
+
+
+def _key_digest() -> str:
+    with open("/etc/munge/munge.key", "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def _munge_running() -> bool:
@@ -139,11 +145,13 @@ def slurm_cluster():
     t0 = time.monotonic()
     first = run_playbook(playbook, extravars=extravars, inventory=LOCALHOST)
     assert first.rc == 0, "batch_controller role failed:\n" + first.stdout[-4000:]
+    key_after_first = _key_digest()
     # the packages are installed by now: the second run checks idempotence of the rest faster
     second = run_playbook(
         playbook, extravars=dict(extravars, farm_batch_controller_install_packages=False), inventory=LOCALHOST
     )
     cluster = SlurmCluster(tmp=tmp, extravars=extravars, first=first, second=second)
+    cluster.key_digests = (key_after_first, _key_digest())  # type: ignore[attr-defined]
     cluster.setup_seconds = time.monotonic() - t0  # type: ignore[attr-defined]
     try:
         for node in NODES[:2]:

@@ -55,7 +55,7 @@ def test_client_role_output_registers_a_dynamic_node(slurm_cluster):
     script = f". {shlex.quote(extravars['farm_batch_client_defaults_file'])}; exec slurmd -f {shlex.quote(conf)} $SLURMD_OPTIONS"
     subprocess.run(["sh", "-c", script], check=True, env=slurm_cluster.env())
     try:
-        for _ in range(50):
+        for _attempt in range(50):
             if os.path.exists(slurm_cluster.pid_file("bvtd1")):
                 break
             time.sleep(0.1)

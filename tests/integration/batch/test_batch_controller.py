@@ -19,7 +19,9 @@ def test_controller_role_is_idempotent_and_answers(slurm_cluster):
     assert "NodeName=bvtn1 NodeAddr=127.0.0.1 Port=" in conf
 
 
-def test_munge_key_private_and_never_logged(slurm_cluster):
+def test_munge_key_private_never_regenerated_never_logged(slurm_cluster):
+    first, second = slurm_cluster.key_digests
+    assert first == second, "the second run regenerated the munge key"
     st = os.stat("/etc/munge/munge.key")
     assert stat.S_IMODE(st.st_mode) == 0o400
     assert st.st_uid == int(subprocess.check_output(["id", "-u", "munge"]).strip())

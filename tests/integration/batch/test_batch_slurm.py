@@ -177,7 +177,7 @@ def test_munge_key_mismatch_is_explained(slurm_cluster, foreign_munge):
 
 def test_controller_down_is_a_clear_error(slurm_cluster):
     subprocess.run(["service", "slurmctld", "stop"], capture_output=True, check=True)
-    for _ in range(50):
+    for _attempt in range(50):
         if subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True, check=False).returncode:
             break
         time.sleep(0.1)
