@@ -31,9 +31,10 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 BUFSIZE = 1 << 20
+WRITEBACK_STEP = 32 << 20  # start writing back every 32 MiB, so the final fsync has little left
 MAX_REDIRECTS = 5
 USER_AGENT = "batchvirt.farm-image/1"
 
@@ -58,6 +59,27 @@ class TransferResult:
     resumed_from: int  # bytes already in the partial file when this run started
     seconds: float
     torrent: str = ""  # BitTorrent only: the .torrent kept for seeding
+
+
+def _sync_file_range() -> Optional[Callable[[int, int, int], None]]:
+    """Linux ``sync_file_range(fd, off, n, SYNC_FILE_RANGE_WRITE)``: start writeback, do not wait."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+
+    def start_writeback(fd: int, offset: int, length: int) -> None:
+        func(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; errors only mean no early writeback
+
+    return start_writeback
+
+
+_START_WRITEBACK = _sync_file_range()
 
 
 class _Hasher:
@@ -118,7 +140,8 @@ def _resume_point(dest: str, size: int) -> int:
 class _Sink:
     """Appends to the partial file, hashing each buffer; enforces the size cap."""
 
-    def __init__(self, uri: str, dest: str, size: int, offset: int) -> None:
+    def __init__(self, uri: str, dest: str, size: int, offset: int, fsync: bool = True) -> None:
+        self.fsync = fsync
         self.uri = uri
         self.dest = dest
         self.size = size
@@ -133,6 +156,7 @@ class _Sink:
         self.fh = open(dest, "r+b" if offset else "wb")  # noqa: SIM115 - closed in finish()/abort()
         self.fh.seek(self.written)
         self.fh.truncate()
+        self.flushed = self.written
 
     def write(self, chunk: bytes) -> None:
         if self.written + len(chunk) > self.size:
@@ -144,6 +168,10 @@ class _Sink:
         self.fh.write(chunk)
         self.written += len(chunk)
         self.received += len(chunk)
+        if self.fsync and _START_WRITEBACK is not None and self.written - self.flushed >= WRITEBACK_STEP:
+            self.fh.flush()
+            _START_WRITEBACK(self.fh.fileno(), self.flushed, self.written - self.flushed)
+            self.flushed = self.written
 
     def finish(self, sha512: str, fsync: bool) -> str:
         self.fh.flush()
@@ -311,7 +339,7 @@ def _fetch_file(uri: str, source: str, dest: str, size: int, sha512: str, fsync:
             "size mismatch for %s: the file has %d bytes, the list publishes %d; refused" % (uri, actual, size)
         )
     offset = _resume_point(dest, size)
-    sink = _Sink(uri, dest, size, offset)
+    sink = _Sink(uri, dest, size, offset, fsync)
     try:
         with open(source, "rb") as src:
             src.seek(sink.written)
@@ -359,7 +387,7 @@ def _fetch_http(
     offset = _resume_point(dest, size)
     if offset == size:
         # A previous run received everything but died before the rename: verify the file.
-        sink = _Sink(uri, dest, size, offset)
+        sink = _Sink(uri, dest, size, offset, fsync)
         try:
             digest = sink.finish(sha512, fsync)
         except TransferError:
@@ -466,7 +494,7 @@ def _receive(
                 "size mismatch for %s: the server announces %s bytes, the list publishes %d; refused"
                 % (current, length, size)
             )
-    sink = _Sink(uri, dest, size, offset)
+    sink = _Sink(uri, dest, size, offset, fsync)
     try:
         while True:
             try:
