@@ -1,0 +1,27 @@
+"""The REAL test farm as a session fixture (built once, reused by every test that asks for it):
+hypervisor role via ``libvirt_uri``, the worker image with slurmd + munge (base_image role, the one
+recipe in ``worker_image.yml``), slurmctld on 127.0.0.1 (batch_controller role), the image staged
+in an image cache, and two slots whose VMs boot and register with slurmctld by themselves.
+See ``farmbed.py``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.integration.farm import farmbed
+
+
+@pytest.fixture(scope="session")
+def farm(libvirt_uri):
+    """A :class:`farmbed.Farm` with ``farm.count`` slots running and accepting jobs."""
+    start = time.monotonic()
+    built = None
+    try:
+        built = farmbed.build(count=2, memory_mib=512)
+        built.timings["build_total"] = time.monotonic() - start
+        yield built
+    finally:
+        errors = farmbed.destroy(built)
+        assert not errors, f"farm cleanup failed: {errors}"

@@ -1,0 +1,396 @@
+"""A REAL test farm, built once: the hypervisor role on localhost, the worker image (base_image,
+slurmd + munge), a Slurm controller (batch_controller role, slurmctld on 127.0.0.1), the image
+staged in an image cache, and N slots whose VMs boot under QEMU and register with slurmctld by
+themselves (pre-declared nodes, NodeAddr=127.0.0.1 and a port per node that each guest's user-mode
+network forwards to its slurmd; ``SlurmctldHost=localhost(10.0.2.2)`` in the guest).
+
+Used by ``conftest.py`` (the session fixture ``farm``) and by ``bench/rolling_update.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from tests.testbed.ansible import LOCALHOST, ROOT, PlaybookResult, run_playbook
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PLAYBOOKS = os.path.join(HERE, "playbooks")
+SLURM_CONF = "/etc/slurm/slurm.conf"
+HYPERVISOR = "bvtfarm"  # the hypervisor name in the slots' metadata (and their names)
+IDENTIFIER = "bvt-worker"
+CTLD_PORT = int(os.environ.get("BVT_FARM_SLURMCTLD_PORT", "27817"))
+SSH_PORT_BASE = 27022
+SLURMD_PORT_BASE = 27901
+IMAGE_ROOT = "/var/lib/batchvirt/bvt-farm-images"
+ACCEPTING = ("idle", "allocated", "mixed")
+
+
+class FarmError(AssertionError):
+    pass
+
+
+def _check(result: PlaybookResult, what: str) -> PlaybookResult:
+    if result.rc != 0:
+        raise FarmError(f"{what} failed (rc {result.rc}):\n{result.stdout[-6000:]}")
+    return result
+
+
+def sha512_of(path: str) -> str:
+    digest = hashlib.sha512()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def slurm(*argv: str, check: bool = True, timeout: float = 60) -> str:
+    proc = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=dict(os.environ, SLURM_CONF=SLURM_CONF),
+    )
+    if check and proc.returncode != 0:
+        raise FarmError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    return proc.stdout
+
+
+@dataclass
+class Farm:
+    tmp: str
+    count: int
+    names: List[str]
+    image_path: str
+    extravars: Dict[str, Any]
+    inventory: str
+    timings: Dict[str, float] = field(default_factory=dict)
+    versions: List[str] = field(default_factory=list)
+
+    # -- the batch system's view ----------------------------------------------------------
+    def node_states(self) -> Dict[str, str]:
+        out = slurm("sinfo", "-h", "-N", "-n", ",".join(self.names), "-o", "%N %T", check=False)
+        states = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                states[parts[0]] = parts[1].lower()
+        return states
+
+    def accepting(self) -> int:
+        return sum(1 for s in self.node_states().values() if s in ACCEPTING)
+
+    def wait_accepting(self, count: Optional[int] = None, timeout: float = 420) -> float:
+        """Wait until ``count`` (default all) nodes take jobs; returns the seconds waited."""
+        want = self.count if count is None else count
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.accepting() >= want:
+                return time.monotonic() - start
+            time.sleep(2)
+        raise FarmError(f"only {self.accepting()} of {want} nodes accept jobs after {timeout} s: {self.node_states()}")
+
+    def submit(self, node: str, seconds: int) -> subprocess.Popen:
+        """``sbatch --wait`` of a job sleeping ``seconds`` on ``node``: its exit code is the job's."""
+        return subprocess.Popen(
+            [
+                "sbatch",
+                "--wait",
+                "-w",
+                node,
+                "-N1",
+                "-n1",
+                "-o",
+                "/dev/null",
+                "--chdir=/tmp",
+                "-J",
+                "bvt-farm",
+                "--wrap",
+                f"sleep {seconds}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, SLURM_CONF=SLURM_CONF),
+        )
+
+    def running_jobs(self) -> Dict[str, int]:
+        out = slurm("squeue", "-h", "-t", "RUNNING", "-o", "%N", check=False)
+        counts: Dict[str, int] = {}
+        for node in out.split():
+            counts[node] = counts.get(node, 0) + 1
+        return counts
+
+    # -- the slots ----------------------------------------------------------------------
+    def metadata(self) -> Dict[str, Dict[str, Any]]:
+        """Each slot's metadata as the slot module writes it (read through libvirt)."""
+        import libvirt
+
+        from ansible_collections.batchvirt.farm.plugins.module_utils._slot import read_metadata
+
+        conn = libvirt.open("qemu:///system")
+        try:
+            out = {}
+            for name in self.names:
+                try:
+                    dom = conn.lookupByName(name)
+                except libvirt.libvirtError:
+                    continue
+                meta = read_metadata(dom)
+                if meta is not None:
+                    out[name] = dict(meta.to_dict(), running=bool(dom.isActive()))
+            return out
+        finally:
+            conn.close()
+
+    def stage_version(self, version: str, path: Optional[str] = None) -> None:
+        """Publish and stage a new version of the worker image (a copy of the base image)."""
+        source = path or self.image_path
+        if path is None and self.versions:
+            source = os.path.join(self.tmp, f"worker-{version}.qcow2")
+            shutil.copyfile(self.image_path, source)
+        image = {
+            "identifier": IDENTIFIER,
+            "version": version,
+            "path": source,
+            "sha512": sha512_of(source),
+            "size": os.path.getsize(source),
+            "root": IMAGE_ROOT,
+        }
+        _check(run_playbook(os.path.join(PLAYBOOKS, "stage_image.yml"), extravars={"bvt_image": image}), "staging")
+        self.versions.append(version)
+
+    def run(self, playbook: str, check: bool = False, now: Optional[str] = None, **extra: Any) -> PlaybookResult:
+        """A collection playbook through ansible-runner, inventory = the plugin config file (as AWX)."""
+        env = {"BATCHVIRT_FARM_NOW": now} if now else None
+        return run_playbook(
+            os.path.join(ROOT, "playbooks", playbook),
+            inventory=self.inventory,
+            extravars=dict(self.extravars, **extra),
+            check=check,
+            envvars=env,
+        )
+
+    def slots_playbook(self, **extra: Any) -> PlaybookResult:
+        return run_playbook(
+            os.path.join(PLAYBOOKS, "slots.yml"), extravars=dict(self.extravars, bvt_slots=self.slot_entries(), **extra)
+        )
+
+    def slot_entries(self) -> List[Dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "network": {
+                    "ssh_port": SSH_PORT_BASE + i,
+                    "forwards": [f"127.0.0.1:{SLURMD_PORT_BASE + i}:{SLURMD_PORT_BASE + i}"],
+                },
+            }
+            for i, name in enumerate(self.names)
+        ]
+
+
+class CapacitySampler(threading.Thread):
+    """Samples how many of the farm's nodes accept jobs (``sinfo``) while an operation runs."""
+
+    def __init__(self, farm: Farm, interval: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.farm = farm
+        self.interval = interval
+        self.samples: List[Tuple[float, int, Dict[str, str]]] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.is_set():
+            states = self.farm.node_states()
+            self.samples.append((time.monotonic() - start, sum(1 for s in states.values() if s in ACCEPTING), states))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(10)
+
+    def min_share(self) -> float:
+        if not self.samples:
+            return 1.0
+        return min(count for _t, count, _s in self.samples) / self.farm.count
+
+
+def controller_vars(tmp: str, names: List[str]) -> Dict[str, Any]:
+    return {
+        "farm_batch_controller_cluster_name": "bvtfarm",
+        "farm_batch_controller_hostname": "localhost",
+        "farm_batch_controller_address": "127.0.0.1",
+        "farm_batch_controller_port": CTLD_PORT,
+        "farm_batch_controller_no_in_addr_any": True,
+        "farm_batch_controller_state_dir": os.path.join(tmp, "state"),
+        "farm_batch_controller_log_dir": os.path.join(tmp, "log"),
+        "farm_batch_controller_pid_file": os.path.join(tmp, "slurmctld.pid"),
+        # a destroyed VM is noticed within a boot; long enough for busy TCG guests to answer pings
+        "farm_batch_controller_slurmd_timeout": 30,
+        "farm_batch_controller_extra_config": {"MinJobAge": 3600},
+        "farm_batch_controller_nodes": [
+            {
+                "name": n,
+                "address": "127.0.0.1",
+                "port": SLURMD_PORT_BASE + i,
+                "cpus": 1,
+                "memory": 200,
+                "features": ["bvtfarm"],
+            }
+            for i, n in enumerate(names)
+        ],
+    }
+
+
+def guest_slurm_conf(text: str) -> str:
+    """The controller's slurm.conf as a guest needs it: the controller at the host (10.0.2.2 in the
+    guest's user-mode network), slurmd listening on every guest address, the distribution's paths."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("SlurmctldHost="):
+            line = "SlurmctldHost=localhost(10.0.2.2)"
+        elif line.startswith(
+            ("CommunicationParameters=", "SlurmctldLogFile=", "StateSaveLocation=", "SlurmctldPidFile=")
+        ):
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def build(count: int = 2, memory_mib: int = 512, tmp: Optional[str] = None) -> Farm:
+    """Build the farm; the caller must call :func:`destroy` whatever happens."""
+    tmp = tmp or tempfile.mkdtemp(prefix="bvt-farm-")
+    os.makedirs(tmp, exist_ok=True)
+    os.chmod(tmp, 0o755)
+    for sub in ("state", "log"):
+        os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+    names = [f"{HYPERVISOR}-slot-{i:02d}" for i in range(1, count + 1)]
+    timings: Dict[str, float] = {}
+
+    t0 = time.monotonic()
+    result = _check(run_playbook(os.path.join(PLAYBOOKS, "worker_image.yml"), inventory=LOCALHOST), "base_image role")
+    description = result.results("Report the image description")[0]["farm_base_image"]
+    image_path = description["file"]
+    timings["worker_image"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    _check(
+        run_playbook(
+            os.path.join(PLAYBOOKS, "controller.yml"), inventory=LOCALHOST, extravars=controller_vars(tmp, names)
+        ),
+        "batch_controller role",
+    )
+    with open("/etc/munge/munge.key", "rb") as handle:
+        munge_b64 = base64.b64encode(handle.read()).decode()
+    with open(SLURM_CONF) as handle:
+        slurm_conf = guest_slurm_conf(handle.read())
+    timings["controller"] = time.monotonic() - t0
+
+    extravars: Dict[str, Any] = {
+        "farm_ops_scope": HYPERVISOR,
+        "farm_ops_controller": "localhost",
+        "farm_ops_poll_interval": 2,
+        "farm_ops_boot_timeout": 420,
+        "farm_ops_slot": {
+            "uri": "qemu:///system",
+            "vcpus": 1,
+            "memory_mib": memory_mib,
+            "disk_size_gib": None,
+            "domain_type": "qemu",
+            "boot": {"mode": "bootloader"},
+            "network": {"mode": "user"},
+            "cloud_init": {},
+            "ssh_authorized_keys": [],
+            "lifetime": 7 * 86400,
+            "lifetime_spread": 0,
+            # a short walltime: the recycle test moves the clock past ONE slot's deadline while the
+            # other slot, created a minute later, has not reached its drain time
+            "max_job_walltime": 10,
+            "pool": "batchvirt-slots",
+            "image_cache_root": IMAGE_ROOT,
+        },
+        "farm_ops_batch": {
+            "system": "slurm",
+            "controller": "10.0.2.2",
+            "controller_port": CTLD_PORT,
+            "munge_key": munge_b64,
+            "slurm_conf": slurm_conf,
+            "dynamic": False,
+        },
+        "bvt_hypervisor": HYPERVISOR,
+        "bvt_image_identifier": IDENTIFIER,
+    }
+    inventory = os.path.join(tmp, "farm.farm.slots.yml")
+    with open(inventory, "w") as handle:
+        json.dump(
+            {
+                "plugin": "batchvirt.farm.slots",
+                "hypervisors": [{"uri": "qemu:///system", "name": "localhost"}],
+                "batch": {"system": "slurm"},
+                "groups": {HYPERVISOR: f"farm_slot.hypervisor == '{HYPERVISOR}'"},
+                "fail_on_errors": False,
+            },
+            handle,
+        )
+    farm = Farm(
+        tmp=tmp,
+        count=count,
+        names=names,
+        image_path=image_path,
+        extravars=extravars,
+        inventory=inventory,
+        timings=timings,
+    )
+
+    t0 = time.monotonic()
+    farm.stage_version("1")
+    timings["stage"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    _check(farm.slots_playbook(), "creating the slots")
+    farm.wait_accepting()
+    timings["slots_boot_register"] = time.monotonic() - t0
+    return farm
+
+
+def destroy(farm: Optional[Farm], tmp: Optional[str] = None) -> List[str]:
+    """Remove the slots, the staged images and the controller; returns what could not be cleaned."""
+    errors = []
+    if farm is not None:
+        result = farm.slots_playbook(bvt_state="absent", bvt_force=True)
+        if result.rc != 0:
+            errors.append("removing the slots failed: " + result.stdout[-2000:])
+        tmp = farm.tmp
+    subprocess.run(["service", "slurmctld", "stop"], capture_output=True, check=False)
+    for path in (IMAGE_ROOT, IMAGE_ROOT + ".cache"):
+        shutil.rmtree(path, ignore_errors=True)
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return errors
+
+
+def iso(value: str, seconds: float = 0) -> str:
+    """``value`` (UTC ISO-8601) plus ``seconds``, as the injected clock wants it."""
+    parsed = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    return (parsed + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def version_of(meta: Dict[str, Any]) -> str:
+    return str(meta["image"]["version"])
+
+
+def events_of(result: PlaybookResult, task: str) -> List[Dict[str, Any]]:
+    return [r for r in result.results(task) if r]

@@ -1,0 +1,134 @@
+"""End to end on the REAL farm (slurmctld on the host, two slot VMs under QEMU that registered by
+themselves): check-mode plan, a rolling update under long jobs, then recycling an expired slot
+with an injected clock. Playbooks run through ansible-runner as AWX runs them (private data dir,
+inventory = the batchvirt.farm.slots plugin file, extra vars), and the tests read the job events."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.integration.farm import farmbed
+
+pytestmark = pytest.mark.slow
+
+SHARE = 0.5  # two slots: one at a time, the other keeps taking jobs
+
+
+def _debug_msg(result, task: str):
+    res = result.results(task)
+    assert res, f"task {task!r} did not run:\n{result.stdout[-4000:]}"
+    return res[-1].get("msg", res[-1])
+
+
+def _summary(result, var: str):
+    for res in result.results("Show the summary"):
+        if var in res:
+            return res[var]
+    raise AssertionError(f"no summary in the job events:\n{result.stdout[-4000:]}")
+
+
+def test_rolling_update_check_mode_shows_the_plan_and_touches_nothing(farm):
+    before = farm.metadata()
+    result = farm.run("rolling_update.yml", check=True, farm_rolling_update_min_capacity_share=SHARE)
+    assert result.rc == 0, result.stdout[-4000:]
+    plan = _debug_msg(result, "Show the plan")
+    assert plan["accepting"] == 2 and plan["batch_size"] == 1, plan
+    assert sorted(sum(plan["batches"], [])) == farm.names and all(len(b) == 1 for b in plan["batches"]), plan
+    # nothing ran against the slots, the batch system or libvirt
+    assert not result.task_events("Drain the batch node and wait until drained")
+    assert farm.metadata() == before
+    assert farm.accepting() == farm.count
+
+
+def test_rolling_update_replaces_every_slot_without_losing_a_job(farm):
+    start = time.monotonic()
+    farm.stage_version("2")  # the "security update": a new version of the worker image
+    old = farm.metadata()
+    assert {farmbed.version_of(m) for m in old.values()} == {"1"}
+
+    jobs = {name: farm.submit(name, 60) for name in farm.names}
+    deadline = time.monotonic() + 60
+    while farm.running_jobs() != {name: 1 for name in farm.names}:
+        assert time.monotonic() < deadline, f"jobs did not start: {farm.running_jobs()} {farm.node_states()}"
+        time.sleep(1)
+
+    sampler = farmbed.CapacitySampler(farm)
+    sampler.start()
+    try:
+        t0 = time.monotonic()
+        result = farm.run(
+            "rolling_update.yml",
+            farm_rolling_update_min_capacity_share=SHARE,
+            farm_rolling_update_reason="bvt security update",
+        )
+        update_seconds = time.monotonic() - t0
+    finally:
+        sampler.stop()
+    assert result.rc == 0, result.stdout[-6000:]
+
+    # every job that was running finished with exit 0 (sbatch --wait returns the job's exit code)
+    for name, proc in jobs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"job on {name} ended with {proc.returncode}: {out} {err}"
+
+    # every slot runs the new version, same names, and takes jobs again
+    new = farm.metadata()
+    assert sorted(new) == farm.names
+    assert {n: farmbed.version_of(m) for n, m in new.items()} == {n: "2" for n in farm.names}
+    assert all(new[n]["created_at"] > old[n]["created_at"] for n in farm.names)
+    assert all(new[n]["ssh"]["port"] == old[n]["ssh"]["port"] for n in farm.names)
+    assert farm.accepting() == farm.count, farm.node_states()
+
+    # capacity never fell below the configured share, and the update really took slots out
+    assert sampler.samples, "no capacity samples"
+    assert sampler.min_share() >= SHARE, [s[1:] for s in sampler.samples if s[1] < farm.count * SHARE]
+    assert any(count < farm.count for _t, count, _s in sampler.samples), "no slot was ever out of service"
+
+    summary = _summary(result, "farm_rolling_update_summary")
+    assert sorted(summary["updated"]) == farm.names, summary
+    assert all(v["version"] == "2" and v["previous_version"] == "1" for v in summary["updated"].values()), summary
+    assert summary["left_draining"] == {}, summary
+    # the drain waited for the jobs (job events of the batch_node task)
+    drains = result.results("Drain the batch node and wait until drained")
+    assert len(drains) == farm.count and all(d.get("changed") for d in drains), drains
+    farm.timings["rolling_update"] = update_seconds
+    farm.timings["rolling_update_test"] = time.monotonic() - start
+    print(f"rolling update: {update_seconds:.0f} s, min capacity share {sampler.min_share():.2f}")
+
+    # a second run has nothing to do: every slot already runs the newest version
+    again = farm.run("rolling_update.yml", farm_rolling_update_min_capacity_share=SHARE)
+    assert again.rc == 0, again.stdout[-4000:]
+    summary = _summary(again, "farm_rolling_update_summary")
+    assert summary["updated"] == {} and sorted(summary["up_to_date"]) == farm.names, summary
+    assert farm.metadata() == new
+
+
+def test_recycle_replaces_only_the_expired_slot(farm):
+    before = farm.metadata()
+    first, second = sorted(before, key=lambda n: before[n]["deadline"])
+    assert before[first]["deadline"] < before[second]["drain_at"], (
+        "the test needs the second slot created after the first one's deadline (max_job_walltime=10)",
+        before,
+    )
+    now = farmbed.iso(before[first]["deadline"], 5)  # past the first slot's deadline only
+    result = farm.run("recycle.yml", now=now)
+    assert result.rc == 0, result.stdout[-6000:]
+    plan = _debug_msg(result, "Show what will be recycled")
+    assert plan["replace_expired"] == [first], plan
+    assert second in plan["left_alone"] and plan["replace_drained"] == [], plan
+
+    after = farm.metadata()
+    assert after[first]["created_at"] == now[:-1] + "Z" or after[first]["created_at"] > before[first]["created_at"]
+    assert after[first]["running"] and farmbed.version_of(after[first]) == "2"
+    assert after[second] == before[second], "recycle must not touch a slot that is not drained, expired or stopped"
+    summary = _summary(result, "farm_recycle_summary")
+    assert list(summary["replaced"]) == [first] and summary["replaced"][first]["lifecycle"] == "expired", summary
+    assert farm.accepting() == farm.count, farm.node_states()
+
+    # safe to run again at once: nothing left to do, nothing changed
+    again = farm.run("recycle.yml", now=now)
+    assert again.rc == 0, again.stdout[-4000:]
+    assert not again.changed, again.changed_tasks()
+    assert farm.metadata() == after
