@@ -17,6 +17,7 @@ from tests.testbed.ansible import run_playbook
 
 PLAYBOOK = "playbooks/hypervisors.yml"
 INFO = os.path.join(os.path.dirname(__file__), "info.yml")
+OTHER_OS = os.path.join(os.path.dirname(__file__), "other_os.yml")
 INVENTORY = {
     "all": {
         "children": {
@@ -170,3 +171,32 @@ def test_pool_paths_on_missing_or_full_filesystem_name_the_variable(hv, libvirt_
     names = [p.name() for p in libvirt_conn.listAllStoragePools(0)]
     assert hv["farm_hypervisor_images_pool_name"] not in names
     assert hv["farm_hypervisor_slots_pool_name"] not in names
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (
+            {"os_family": "Gentoo", "distribution_major_version": "2"},
+            "ansible_os_family=Gentoo (ansible_distribution_major_version=2)",
+        ),
+        (
+            {"os_family": "RedHat", "distribution_major_version": "8"},
+            "ansible_os_family=RedHat (ansible_distribution_major_version=8)",
+        ),
+    ],
+    ids=["gentoo", "el8"],
+)
+def test_unsupported_os_family_fails_early(hv, facts, expected):
+    facts = dict(facts, service_mgr="systemd", memtotal_mb=16384, processor_vcpus=8)
+    result = run_playbook(OTHER_OS, inventory=INVENTORY, extravars=dict(hv, bvt_facts=facts))
+    assert result.rc != 0
+    messages = failure_messages(result)
+    assert any(
+        m.startswith("The hypervisor role supports the Debian/Ubuntu and EL 9 (RHEL, AlmaLinux, Rocky) families")
+        and expected in m
+        for m in messages
+    ), messages
+    started = [e["event_data"].get("task") for e in result.events if e.get("event") == "playbook_on_task_start"]
+    assert "Gather the facts the role needs" in started  # evaluated, skipped: the facts were there
+    assert not any(t.startswith(("Install", "Find which packages")) for t in started), started
