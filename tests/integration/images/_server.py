@@ -42,12 +42,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         size = os.path.getsize(path)
-        start, status = 0, 200
+        start, end, status = 0, size - 1, 200
         if range_header and mode != "ignore_range":
             match = _RANGE.match(range_header)
             if match:
                 start = int(match.group(1))
-                if start >= size:
+                if match.group(2):
+                    end = min(int(match.group(2)), size - 1)
+                if start >= size or end < start:
                     self.send_response(416)
                     self.send_header("Content-Range", "bytes */%d" % size)
                     self.send_header("Content-Length", "0")
@@ -56,13 +58,13 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 206
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(size - start))
+        self.send_header("Content-Length", str(end + 1 - start))
         self.send_header("Accept-Ranges", "bytes")
         if status == 206:
-            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, size - 1, size))
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end, size))
         self.end_headers()
         self.wfile.flush()
-        limit = size - start
+        limit = end + 1 - start
         if mode in ("stall", "truncate"):
             limit = min(limit, int(behaviour.get("after", 0)))
         try:
