@@ -74,10 +74,10 @@ class SlurmCluster:
     def batch_node(self, check: bool = False, **args: object) -> Dict[str, object]:
         """Run the batch_node module once through ansible-runner; its result (ok or failed)."""
         result = run_playbook(os.path.join(HERE, "batch_node.yml"), extravars={"bn": args}, check=check)
-        results = result.results("batch_node")
+        results = result.results("Run batch_node")
         assert results, f"batch_node did not run:\n{result.stdout[-3000:]}"
         res = dict(results[-1])
-        res["failed"] = bool(result.task_events("batch_node", "runner_on_failed"))
+        res["failed"] = bool(result.task_events("Run batch_node", "runner_on_failed"))
         return res
 
     def manage(self, names, state: str, **kwargs: object) -> Dict[str, object]:  # type: ignore[no-untyped-def]
