@@ -102,7 +102,8 @@ DOMAIN = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qe
       <target dev='vda' bus='virtio'/></disk>
     <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{seed}'/>
       <target dev='vdb' bus='virtio'/><readonly/></disk>
-    <serial type='pty'><target port='0'/></serial><memballoon model='none'/>
+    <serial type='pty'><log file='/var/log/libvirt/qemu/{name}-console.log' append='off'/><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console><memballoon model='none'/>
   </devices>
   <qemu:commandline><qemu:arg value='-netdev'/><qemu:arg value='user,id=hn0,hostfwd=tcp:127.0.0.1:{port}-:22'/>
     <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=hn0,bus=pci.0,addr=0x10'/></qemu:commandline>

@@ -324,6 +324,12 @@ options:
     description: Remove a slot even while it may run jobs (O(state=absent)).
     type: bool
     default: false
+  start_concurrency:
+    description:
+      - How many slots are started at once (libvirtd starts domains in parallel; starting is most of
+        a slot's creation time).
+    type: int
+    default: 4
   pool:
     description: The libvirt storage pool for overlays and seed ISOs.
     type: str
@@ -581,6 +587,7 @@ ARGUMENT_SPEC = {
     },
     "drain_reason": {"type": "str"},
     "force": {"type": "bool", "default": False},
+    "start_concurrency": {"type": "int", "default": 4},
     "pool": {"type": "str", "default": "batchvirt-slots"},
     "overlay": {
         "type": "dict",
