@@ -24,7 +24,7 @@ description:
   - The clock can be set with the environment variable C(BATCHVIRT_FARM_NOW) (an ISO-8601 UTC time),
     for tests and dry runs of the lifecycle.
 author:
-  - batchvirt.farm contributors
+  - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
   - batchvirt.farm.libvirt
   - ansible.builtin.action_common_attributes
@@ -36,6 +36,7 @@ attributes:
     details:
       - The domain XML before and after, and the metadata before and after a drain request.
   idempotent:
+    description: Running the module again with the same options changes nothing (metadata times never move).
     support: full
   platform:
     platforms: posix
