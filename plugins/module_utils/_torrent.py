@@ -296,7 +296,16 @@ def fetch(
                 )
         cmd = [aria2c, f"--dir={dest_dir}", f"--index-out=1={dest_name}", "--seed-time=0", "--check-integrity=true"]
         cmd += _common_args(str(opts.get("listen_port") or DEFAULT_LISTEN_PORT), opts)
-        cmd.append("--bt-save-metadata=true")
+        # One HTTP connection per hypervisor to the web seed, at random pieces: N hypervisors
+        # starting together then fetch different pieces from it (which they trade among
+        # themselves) instead of all streaming the same first megabytes (measured: the image
+        # server sent 4.9 copies for 16 hypervisors with aria2c's defaults, 2.75 with these).
+        cmd += [
+            "--bt-save-metadata=true",
+            "--split=1",
+            "--max-connection-per-server=1",
+            "--stream-piece-selector=random",
+        ]
         if opts.get("web_seeds") and info is not None:
             # With -T, URIs given beside the torrent are extra (web seed) sources for its file.
             cmd += ["-T", target] + list(opts["web_seeds"])
@@ -391,7 +400,7 @@ def _state_paths(state_dir: str, info_hash: str) -> Dict[str, str]:
 
 def seeding_status(state_dir: str = DEFAULT_STATE_DIR) -> List[Dict[str, Any]]:
     """Every seeder recorded in ``state_dir``, with ``running`` from its pidfile."""
-    result = []
+    result: List[Dict[str, Any]] = []
     if not os.path.isdir(state_dir):
         return result
     for name in sorted(os.listdir(state_dir)):

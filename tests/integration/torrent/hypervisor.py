@@ -2,7 +2,7 @@
 ``image`` module does with a BitTorrent source — fetch into a partial path, check sha512 as the
 image cache does, move into place, keep seeding for a while.  Prints one JSON line.
 
-    python hypervisor.py SOURCE DEST SIZE SHA512 STATE_DIR TIMEOUT SEED_SECONDS
+    python hypervisor.py SOURCE DEST SIZE SHA512 STATE_DIR TIMEOUT SEED_SECONDS [ARIA2C_ARGS_JSON]
 """
 
 from __future__ import annotations
@@ -21,10 +21,20 @@ from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent  # 
 
 def main() -> int:
     source, dest, size, sha512, state_dir, timeout, seed_seconds = sys.argv[1:8]
+    extra = json.loads(sys.argv[8]) if len(sys.argv) > 8 else []
     partial = dest + ".part"
     started = time.monotonic()
     try:
-        result = _torrent.fetch(source, partial, int(size), sha512, float(timeout), state_dir=state_dir, tracker_interval=2)
+        result = _torrent.fetch(
+            source,
+            partial,
+            int(size),
+            sha512,
+            float(timeout),
+            state_dir=state_dir,
+            tracker_interval=2,
+            extra_args=extra,
+        )
     except _torrent.TorrentError as exc:
         print(json.dumps({"failed": True, "msg": exc.message}))
         return 1
@@ -37,8 +47,12 @@ def main() -> int:
         return 1
     os.replace(partial, dest)
     seconds = time.monotonic() - started
-    seeder = _torrent.start_seeding(result["torrent"], dest, float(seed_seconds), state_dir=state_dir, tracker_interval=2)
-    print(json.dumps({"failed": False, "seconds": seconds, "seeder_pid": seeder["pid"], "info_hash": result["info_hash"]}))
+    seeder = _torrent.start_seeding(
+        result["torrent"], dest, float(seed_seconds), state_dir=state_dir, tracker_interval=2
+    )
+    print(
+        json.dumps({"failed": False, "seconds": seconds, "seeder_pid": seeder["pid"], "info_hash": result["info_hash"]})
+    )
     return 0
 
 

@@ -1,0 +1,221 @@
+"""Distribute one image to N emulated hypervisors: plain HTTP from one server vs BitTorrent.
+
+Every hypervisor and the image server is its own network namespace on a bridge (addresses in
+198.18.0.0/15, inside these namespaces only); every link, the server's included, is shaped
+with tbf to the SAME rate in both directions.  For N = 1, 4, 8, 16:
+
+- http: all N fetch the image at once with curl from the server (the server's uplink is the
+  bottleneck, so the time grows about N x);
+- bittorrent: the server runs opentracker, a Range-capable HTTP server (the BEP-19 web seed)
+  and an aria2c seeder; each hypervisor runs what the ``image`` module runs:
+  ``_torrent.fetch`` (aria2c), a sha512 check (the image cache's), then
+  ``_torrent.start_seeding``.  Time = until the last hypervisor holds a verified image.
+
+The floor is size / link rate (one link's worth of transfer).  The last line is JSON.
+
+    .venv/bin/python bench/distribution.py [--rate-mbit 40] [--size-mib 32] [--counts 1,4,8,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLLECTIONS = os.path.join(ROOT, "build", "collections")
+LINK = os.path.join(COLLECTIONS, "ansible_collections", "batchvirt", "farm")
+if not os.path.lexists(LINK):
+    os.makedirs(os.path.dirname(LINK), exist_ok=True)
+    os.symlink(ROOT, LINK)
+sys.path[:0] = [ROOT, COLLECTIONS]
+
+from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent  # noqa: E402
+from tests.integration.torrent.netlab import NetLab  # noqa: E402
+
+RANGESERVER = os.path.join(ROOT, "tests", "integration", "torrent", "rangeserver.py")
+SERVER = 1  # namespace index of the image server; hypervisors are 10, 11, ...
+
+# What one hypervisor runs (the image module's BitTorrent path): fetch, check sha512, seed.
+HYPERVISOR = os.path.join(ROOT, "tests", "integration", "torrent", "hypervisor.py")
+
+
+def _sha512(path: str) -> str:
+    digest = hashlib.sha512()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _wait_all(procs: List[subprocess.Popen], timeout: float, what: str) -> float:  # type: ignore[type-arg]
+    start = time.monotonic()
+    for proc in procs:
+        left = timeout - (time.monotonic() - start)
+        try:
+            proc.wait(timeout=max(0.1, left))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{what}: not done after {timeout} s") from None
+        if proc.returncode != 0:
+            err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+            raise RuntimeError(f"{what}: a hypervisor failed (rc {proc.returncode}): {err}")
+    return time.monotonic() - start
+
+
+def _tx_bytes(ns: str) -> int:
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "cat", "/sys/class/net/eth0/statistics/tx_bytes"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out)
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    counts = [int(n) for n in args.counts.split(",")]
+    size = args.size_mib * 1024 * 1024
+    floor = size * 8 / (args.rate_mbit * 1e6)
+    cleanups: List[Callable[[], None]] = []
+    tmp = tempfile.mkdtemp(prefix="bvt-bench-dist-")
+    os.chmod(tmp, 0o755)
+    cleanups.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    result: Dict[str, Any] = {
+        "bench": "distribution",
+        "rate_mbit": args.rate_mbit,
+        "size_bytes": size,
+        "floor_seconds": round(floor, 2),
+        "http_seconds": {},
+        "bittorrent_seconds": {},
+        "loadavg_start": round(os.getloadavg()[0], 1),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        lab = NetLab(cleanups.append, rate_mbit=args.rate_mbit)
+        srv = lab.add(SERVER)
+        hvs = [lab.add(10 + i) for i in range(max(counts))]
+        srv_ip = lab.address(SERVER)
+        srv_dir = os.path.join(tmp, "srv")
+        os.makedirs(srv_dir)
+        image = os.path.join(srv_dir, "image.raw")
+        with open(image, "wb") as handle:
+            for _ in range(args.size_mib):
+                handle.write(os.urandom(1024 * 1024))
+        sha512 = _sha512(image)
+        http = subprocess.Popen(
+            [*lab.prefix(srv), sys.executable, RANGESERVER, "--bind", srv_ip, "--port", "8080", "--dir", srv_dir],
+            stdout=subprocess.PIPE,
+        )
+        assert http.stdout is not None
+        http.stdout.readline()
+        tracker_root = os.path.join(tmp, "tracker")
+        os.makedirs(tracker_root, mode=0o755)
+        web_seeds = [] if args.no_web_seed else [f"http://{srv_ip}:8080/image.raw"]
+        meta = _torrent.make_torrent(image, [f"http://{srv_ip}:6969/announce"], web_seeds)
+        with open(os.path.join(tracker_root, "whitelist"), "w") as handle:
+            handle.write(meta["info_hash"] + "\n")
+        subprocess.Popen(
+            [*lab.prefix(srv), "opentracker", "-i", srv_ip, "-p", "6969", "-P", "6969", "-w", "whitelist",
+             "-d", tracker_root, "-u", "nobody"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.5)
+        # The origin seeder on the server: start_seeding, run inside the server's namespace.
+        seed_code = (
+            f"import sys; sys.path[:0] = [{COLLECTIONS!r}]\n"
+            "from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent\n"
+            f"_torrent.start_seeding({meta['path']!r}, {image!r}, 3600, "
+            f"state_dir={os.path.join(tmp, 'srv-state')!r}, tracker_interval=5)\n"
+        )
+        subprocess.run([*lab.prefix(srv), sys.executable, "-c", seed_code], check=True)
+        for n in counts:
+            # Plain HTTP: all N at once from the one server.
+            procs = []
+            n_http = 0 if args.skip_http else n
+            for i, ns in enumerate(hvs[:n_http]):
+                out = os.path.join(tmp, f"http-{i}.raw")
+                procs.append(
+                    subprocess.Popen(
+                        [*lab.prefix(ns), "curl", "-sf", "-o", out, f"http://{srv_ip}:8080/image.raw"],
+                        stderr=subprocess.PIPE,
+                    )
+                )
+            seconds = _wait_all(procs, args.run_timeout, f"http n={n}") if procs else 0.0
+            for i in range(n_http):
+                if os.path.getsize(os.path.join(tmp, f"http-{i}.raw")) != size:
+                    raise RuntimeError(f"http n={n}: hypervisor {i} got a short file")
+                os.unlink(os.path.join(tmp, f"http-{i}.raw"))
+            if n_http:
+                result["http_seconds"][str(n)] = round(seconds, 2)
+                print(f"http        n={n:2d}: {seconds:6.2f} s  ({seconds / floor:.2f} x floor)", file=sys.stderr)
+            # BitTorrent: fresh hypervisors (no data, no seeders) each time.
+            procs = []
+            tx_before = _tx_bytes(srv)
+            for i, ns in enumerate(hvs[:n]):
+                hv = os.path.join(tmp, f"bt{n}-{i}")
+                os.makedirs(hv)
+                procs.append(
+                    subprocess.Popen(
+                        [*lab.prefix(ns), sys.executable, HYPERVISOR, meta["path"], os.path.join(hv, "image.raw"),
+                         str(size), sha512, os.path.join(hv, "state"), str(args.run_timeout), "300",
+                         json.dumps(args.aria2c_arg)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    )
+                )  # fmt: skip
+            seconds = _wait_all(procs, args.run_timeout + 10, f"bittorrent n={n}")
+            each = sorted(
+                json.loads(p.stdout.read().decode().strip().splitlines()[-1])["seconds"] for p in procs if p.stdout
+            )
+            print(f"bittorrent  n={n:2d}: each hypervisor {[round(x, 1) for x in each]}", file=sys.stderr)
+            result["bittorrent_seconds"][str(n)] = round(seconds, 2)
+            copies = (_tx_bytes(srv) - tx_before) / size
+            result.setdefault("bittorrent_server_copies", {})[str(n)] = round(copies, 2)
+            print(f"bittorrent  n={n:2d}: the server sent {copies:.2f} copies of the image", file=sys.stderr)
+            print(f"bittorrent  n={n:2d}: {seconds:6.2f} s  ({seconds / floor:.2f} x floor)", file=sys.stderr)
+            for i in range(n):  # stop this round's hypervisor seeders before the next round
+                state = os.path.join(tmp, f"bt{n}-{i}", "state")
+                for record in _torrent.seeding_status(state):
+                    _torrent.stop_seeding(record["info_hash"], state)
+                shutil.rmtree(os.path.join(tmp, f"bt{n}-{i}"), ignore_errors=True)
+    finally:
+        while cleanups:
+            try:
+                cleanups.pop()()
+            except Exception as exc:  # keep cleaning up
+                print(f"cleanup: {exc!r}", file=sys.stderr)
+    result["loadavg_end"] = round(os.getloadavg()[0], 1)
+    for kind in ("http", "bittorrent"):
+        for n, seconds in result[f"{kind}_seconds"].items():
+            result[f"{kind}_ratio_vs_floor_n{n}"] = round(seconds / floor, 2)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate-mbit", type=float, default=40.0, help="every link's rate (both directions)")
+    parser.add_argument("--size-mib", type=int, default=32, help="image size; default: ~6.7 s on one 40 Mbit/s link")
+    parser.add_argument("--counts", default="1,4,8,16", help="numbers of hypervisors")
+    parser.add_argument("--no-web-seed", action="store_true", help="torrent without the server's URL")
+    parser.add_argument("--aria2c-arg", action="append", default=[], help="extra aria2c option for the fetch")
+    parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds allowed per run")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/distribution.py needs root (network namespaces, tc)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM too
+    result = run(args)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
