@@ -174,6 +174,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             each = sorted(
                 json.loads(p.stdout.read().decode().strip().splitlines()[-1])["seconds"] for p in procs if p.stdout
             )
+            result.setdefault("bittorrent_slowest_fetch_seconds", {})[str(n)] = round(each[-1], 2)
             print(f"bittorrent  n={n:2d}: each hypervisor {[round(x, 1) for x in each]}", file=sys.stderr)
             result["bittorrent_seconds"][str(n)] = round(seconds, 2)
             copies = (_tx_bytes(srv) - tx_before) / size
@@ -195,6 +196,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for kind in ("http", "bittorrent"):
         for n, seconds in result[f"{kind}_seconds"].items():
             result[f"{kind}_ratio_vs_floor_n{n}"] = round(seconds / floor, 2)
+    # Without the cost of starting N Python processes at once on this host: from each
+    # hypervisor's fetch() call to its verified image (what one real hypervisor would see).
+    for n, seconds in result.get("bittorrent_slowest_fetch_seconds", {}).items():
+        result[f"bittorrent_fetch_ratio_vs_floor_n{n}"] = round(seconds / floor, 2)
     return result
 
 

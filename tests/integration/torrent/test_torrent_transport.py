@@ -160,3 +160,20 @@ def test_missing_engine_says_what_to_install(swarm, monkeypatch):
     with pytest.raises(_torrent.TorrentError) as err:
         _torrent.fetch("magnet:?xt=urn:btih:" + "0" * 40, os.path.join(swarm.tmp, "x"), None, None, timeout=1)
     assert "install the 'aria2' package" in err.value.message
+
+
+def test_magnet_source_gets_metadata_from_the_swarm(swarm):
+    """A magnet URI (tracker in tr=): the metadata comes from the origin seeder, the .torrent is
+    kept for seeding afterwards."""
+    image = swarm.image(size=2 * 1024 * 1024)
+    tracker = swarm.tracker()
+    meta = _torrent.make_torrent(image, [tracker.url], [])
+    tracker.allow(meta["info_hash"])
+    _torrent.start_seeding(meta["path"], image, 60, state_dir=swarm.state_dir("origin"), tracker_interval=2)
+    assert "tr=" in meta["magnet"]
+    dest = os.path.join(swarm.tmp, "hv1", "image.raw.part")
+    result = _torrent.fetch(meta["magnet"], dest, None, None, timeout=30, state_dir=swarm.state_dir("hv1"))
+    assert filecmp.cmp(dest, image, shallow=False)
+    assert result["info_hash"] == meta["info_hash"]
+    assert _torrent.read_torrent(result["torrent"])["info_hash"] == meta["info_hash"]
+    assert [n for n in os.listdir(os.path.dirname(dest)) if n.endswith(".torrent")] == []
