@@ -286,6 +286,7 @@ def cloud_init_registration(
     dynamic: bool = True,
     controller_port: int = 6817,
     condor_config: Optional[str] = None,
+    defaults_file: str = "/etc/default/slurmd",
 ) -> Dict[str, List[Any]]:
     """cloud-init ``write_files`` and ``runcmd`` entries that make a VM register itself at boot.
 
@@ -293,7 +294,8 @@ def cloud_init_registration(
     Ansible, mode 0400 owner munge), ``/etc/slurm/slurm.conf`` when ``slurm_conf`` (its text) is
     given, else configless mode (``--conf-server controller:port``; the controller needs
     ``SlurmctldParameters=enable_configless``), and ``/etc/default/slurmd`` with
-    ``-N node_name`` (``-Z --conf=Feature=...`` for a dynamic node), then restarts munge and
+    ``-N node_name`` (``-Z --conf=Feature=...`` for a dynamic node; ``defaults_file``
+    ``/etc/sysconfig/slurmd`` for EL images), then restarts munge and
     slurmd. ``system='htcondor'``: writes ``/etc/condor/config.d/50-farm.conf`` (``condor_config``
     or a minimal execute-node configuration pointing at ``controller``) and restarts condor.
 
@@ -330,7 +332,7 @@ def cloud_init_registration(
         options = slurmd_options(node_name, features, dynamic=dynamic, conf_server=conf_server)
         files.append(
             {
-                "path": "/etc/default/slurmd",
+                "path": defaults_file,
                 "content": f"# written by batchvirt.farm at first boot\nSLURMD_OPTIONS={shlex.quote(options)}\n",
                 "owner": "root:root",
                 "permissions": "0644",
