@@ -631,6 +631,14 @@ def domain_usages(conn: Any, now: datetime.datetime) -> Tuple[List[DomainUsage],
     return usages, slots
 
 
+def _count_by(items: List[Dict[str, Any]], key: str) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for item in items:
+        value = str(item.get(key) or "unreadable")
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def _int_setting(option: Optional[int], config: Dict[str, Any], key: str, default: int) -> Tuple[int, str]:
     if option is not None:
         return int(option), "option"
@@ -684,6 +692,7 @@ def gather_info(
         "networks": [network_info(n) for n in conn.listAllNetworks(0)],
         "network_mode": config.get("network_mode", ""),
         "slots": slots,
+        "slots_by_lifecycle": _count_by(slots, "lifecycle"),
         "config": config,
     }
     if plan:

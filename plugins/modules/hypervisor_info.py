@@ -324,6 +324,11 @@ slots:
     error:
       description: Why the metadata could not be read, when it could not.
       type: str
+slots_by_lifecycle:
+  description: How many slots are in each lifecycle state (V(unreadable) for slots whose metadata cannot be read).
+  returned: success
+  type: dict
+  sample: {"active": 6, "expiring": 1, "stopped": 1}
 config:
   description: The content of O(config_path) (empty when absent).
   returned: success

@@ -183,6 +183,7 @@ def test_gather_info_on_the_test_driver(conn, tmp_path):
             "deadline": "2026-11-23T08:00:00Z",
         }
     ]
+    assert info["slots_by_lifecycle"] == {"active": 1}
     assert [p["name"] for p in info["pools"]] == ["default-pool"]
     assert [n["name"] for n in info["networks"]] == ["default"]
 
@@ -217,3 +218,22 @@ def test_unreadable_record(conn, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(HypervisorError, match=f"config_path: cannot read {bad}"):
         gather_info(conn, str(bad))
+
+
+def test_slot_with_unreadable_metadata_is_reported_not_fatal(conn, tmp_path):
+    broken = (
+        "<domain type='test'><name>bvt-unit-broken</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+        "<metadata><farm:slot xmlns:farm='http://batchvirt.farm/xmlns/slot/1' schema='1'>"
+        "<farm:name>bvt-unit-broken</farm:name></farm:slot></metadata>"
+        "<os><type arch='i686'>hvm</type></os></domain>"
+    )
+    conn.defineXML(broken)
+    info = gather_info(conn, str(tmp_path / "absent.json"), now=NOW)
+    (slot,) = info["slots"]
+    assert slot["lifecycle"] is None
+    assert slot["state"] == "shutoff"
+    assert slot["error"].startswith("slot metadata: ")
+    assert info["slots_by_lifecycle"] == {"unreadable": 1}
+    # a stopped slot still counts against the host: it comes back
+    (usage,) = [d for d in info["domains"] if d["name"] == "bvt-unit-broken"]
+    assert usage["slot"] is True and usage["counted"] is True
