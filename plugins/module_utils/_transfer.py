@@ -8,7 +8,8 @@ is written, never read back. A partial file left by an interrupted run is resume
 prefix is hashed once (hashlib state cannot be saved), then the rest is requested with an
 HTTP ``Range`` header (or read from the offset for ``file://``). The hash runs in a
 second thread so that receiving, writing and hashing overlap (hashlib and file I/O release
-the GIL for large buffers); buffers are 1 MiB.
+the GIL for large buffers); buffers are 1 MiB. With ``fsync`` (the default) writeback is
+started every 32 MiB (Linux ``sync_file_range``), so the final ``fsync`` only waits for the tail.
 
 Failures raise :class:`TransferError` with a message naming the URL and what happened and
 a ``resumable`` flag: True when the partial file is a correct prefix worth keeping (the

@@ -143,8 +143,11 @@ options:
     default: true
   transport_options:
     description:
-      - Options passed unchanged to the BitTorrent transport for V(magnet:) and V(.torrent)
-        sources (see the collection's C(docs/images-bittorrent.md)). Ignored for other sources.
+      - Options passed to the BitTorrent transport for V(magnet:) and V(.torrent) sources (see the
+        collection's C(docs/images-bittorrent.md)), for example C(trackers), C(state_dir),
+        C(listen_port), C(total_timeout) (seconds for the whole download, default 3600) and
+        C(seed_for_seconds) (keep seeding the ready image for that long, from a detached process).
+      - Ignored for other sources.
     type: dict
     default: {}
 """

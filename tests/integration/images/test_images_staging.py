@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -276,3 +278,45 @@ def test_magnet_refused_clearly_without_engine(cache, served, monkeypatch):
     with pytest.raises(ImageCacheError) as err:
         _stage(cache, img, "magnet:?xt=urn:btih:" + "0" * 40, total_timeout=5)
     assert "need the BitTorrent transport" in err.value.message
+
+
+_STAGER = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, %(collections)r)
+    from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache
+    cache = ImageCache(%(root)r)
+    with cache.lock(timeout=60, purpose="concurrent test"):
+        result = cache.stage("img-a", "1", %(url)r, %(size)d, %(sha512)r)
+    print(json.dumps({"changed": result.changed, "transferred": result.transferred}))
+    """
+)
+
+
+def test_two_prestage_runs_at_once_never_corrupt(cache, served, hostbed):
+    img = served.add("two.qcow2", size=4 * 1024 * 1024, seed=11)
+    served.server.behave("two.qcow2", None, rate=8 * 1024 * 1024)
+    code = _STAGER % {
+        "collections": COLLECTIONS,
+        "root": cache.root,
+        "url": served.url("two.qcow2"),
+        "size": img.size,
+        "sha512": img.sha512,
+    }
+    procs = [
+        hostbed.process(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        for _ in range(2)
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err.decode()
+        outputs.append(json.loads(out))
+    # One staged it; the other waited for the lock, then found it ready.
+    assert sorted(o["changed"] for o in outputs) == [False, True]
+    assert sum(o["transferred"] for o in outputs) == img.size == served.server.sent["two.qcow2"]
+    record = cache.get("img-a", "1")
+    assert record.state == "ready"
+    with open(record.path, "rb") as fh:
+        assert hashlib.sha512(fh.read()).hexdigest() == img.sha512
+    assert [h["to_state"] for h in cache.history("img-a", "1")] == ["partial", "ready"]
