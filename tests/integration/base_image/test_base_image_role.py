@@ -38,7 +38,7 @@ def _failure_messages(result) -> str:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"farm_base_image_family": "suse"}, "farm_base_image_family"),
+        ({"farm_base_image_family": "suse"}, "farm_base_image_family must be one of: debian, el"),
         ({"farm_base_image_disk_size_mb": 100}, "farm_base_image_disk_size_mb is 100; give at least 512"),
         ({"farm_base_image_boot_modes": []}, "farm_base_image_boot_modes is empty"),
         ({"farm_base_image_boot_modes": ["uefi"]}, "farm_base_image_boot_modes"),
