@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The batch adapter's bulk query against a real slurmctld, vs one query per node.
 
 Starts its own slurmctld (a private slurm.conf under a temporary directory, port 28417,
