@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         os.makedirs(srv_dir)
         image = os.path.join(srv_dir, "image.raw")
         with open(image, "wb") as handle:
-            for _ in range(args.size_mib):
+            for _mib in range(args.size_mib):
                 handle.write(os.urandom(1024 * 1024))
         sha512 = _sha512(image)
         http = subprocess.Popen(
@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         tracker_root = os.path.join(tmp, "tracker")
         os.makedirs(tracker_root, mode=0o755)
         web_seeds = [] if args.no_web_seed else [f"http://{srv_ip}:8080/image.raw"]
-        meta = _torrent.make_torrent(image, [f"http://{srv_ip}:6969/announce"], web_seeds)
+        meta = _torrent.make_torrent(
+            image, [f"http://{srv_ip}:6969/announce"], web_seeds, piece_length=args.piece_kib * 1024 or None
+        )
         with open(os.path.join(tracker_root, "whitelist"), "w") as handle:
             handle.write(meta["info_hash"] + "\n")
         subprocess.Popen(
@@ -208,6 +210,7 @@ def main() -> int:
     parser.add_argument("--rate-mbit", type=float, default=40.0, help="every link's rate (both directions)")
     parser.add_argument("--size-mib", type=int, default=32, help="image size; default: ~6.7 s on one 40 Mbit/s link")
     parser.add_argument("--counts", default="1,4,8,16", help="numbers of hypervisors")
+    parser.add_argument("--piece-kib", type=int, default=0, help="piece length; default: make_torrent's choice")
     parser.add_argument("--no-web-seed", action="store_true", help="torrent without the server's URL")
     parser.add_argument("--aria2c-arg", action="append", default=[], help="extra aria2c option for the fetch")
     parser.add_argument("--skip-http", action="store_true")

@@ -31,6 +31,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Sequence
 
+from ansible.module_utils.urls import open_url
+
 DEFAULT_STATE_DIR = "/var/lib/batchvirt/torrent"
 DEFAULT_LISTEN_PORT = "6881-6999"
 ARIA2C = "aria2c"
@@ -193,7 +195,7 @@ def _obtain_torrent(source: str, work_dir: str, timeout: float) -> str:
     if parsed.scheme in ("http", "https"):
         target = os.path.join(work_dir, "source.torrent")
         try:
-            with urllib.request.urlopen(source, timeout=timeout) as resp, open(target, "wb") as out:  # noqa: S310
+            with open_url(source, timeout=timeout) as resp, open(target, "wb") as out:
                 data = resp.read(64 * 1024 * 1024 + 1)
                 if len(data) > 64 * 1024 * 1024:
                     raise TorrentError(message=f"{source}: the .torrent is larger than 64 MiB; refusing it")
