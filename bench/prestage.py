@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -90,10 +91,18 @@ with cache.lock(timeout=60):
 """
 
 
-def timed(argv, env=None) -> float:
+CPU: dict = {}
+
+
+def timed(argv, env=None, key: str = "") -> float:
+    """Wall seconds of one command; its CPU seconds (user + system) are added to CPU[key]."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     elapsed = time.monotonic() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    CPU.setdefault(key, []).append(cpu)
     if proc.returncode != 0:
         raise SystemExit(
             "%s failed (%d):\n%s\n%s" % (argv[:3], proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
@@ -150,9 +159,11 @@ def main() -> None:
         floor_cmd = "set -o pipefail; curl -sf %s | tee %s | sha512sum" % (url, floor_file)
         for round_no in range(args.repeat):
             reset()
-            times["floor"].append(timed(["bash", "-c", floor_cmd]))
+            times["floor"].append(timed(["bash", "-c", floor_cmd], key="floor"))
             reset()
-            times["floor_durable"].append(timed(["bash", "-c", floor_cmd + " && sync " + floor_file]))
+            times["floor_durable"].append(
+                timed(["bash", "-c", floor_cmd + " && sync " + floor_file], key="floor_durable")
+            )
             for key, fsync in (("ours", True), ("ours_nofsync", False)):
                 reset()
                 code = STAGE % {
@@ -163,16 +174,20 @@ def main() -> None:
                     "sha512": sha512,
                     "fsync": fsync,
                 }
-                times[key].append(timed([sys.executable, "-c", code]))
+                times[key].append(timed([sys.executable, "-c", code], key=key))
             reset()
             image_args = (
                 "identifier=bench version=1 format=raw refresh_pool=false root=%s source=%s sha512=%s size=%d"
                 % (cache_root, url, sha512, size)
             )
-            times["ours_ansible"].append(timed([*ansible, "-m", "batchvirt.farm.image", "-a", image_args], env=env))
+            times["ours_ansible"].append(
+                timed([*ansible, "-m", "batchvirt.farm.image", "-a", image_args], env=env, key="ours_ansible")
+            )
             reset()
             geturl_args = "url=%s dest=%s checksum=sha512:%s timeout=60" % (url, geturl_file, sha512)
-            times["get_url"].append(timed([*ansible, "-m", "ansible.builtin.get_url", "-a", geturl_args], env=env))
+            times["get_url"].append(
+                timed([*ansible, "-m", "ansible.builtin.get_url", "-a", geturl_args], env=env, key="get_url")
+            )
             print(
                 "round %d: " % (round_no + 1) + ", ".join("%s %.2f s" % (k, v[-1]) for k, v in times.items()),
                 file=sys.stderr,
@@ -198,6 +213,8 @@ def main() -> None:
         "ratio_vs_durable_floor": round(med["ours"] / med["floor_durable"], 3),
         "ratio_nofsync_vs_floor": round(med["ours_nofsync"] / med["floor"], 3),
         "ratio_ansible_vs_floor": round(med["ours_ansible"] / med["floor"], 3),
+        "cpu_seconds": {k: round(statistics.median(v), 2) for k, v in CPU.items()},
+        "load_average": round(os.getloadavg()[0], 1),
         "floor_mib_per_s": round(size / med["floor"] / 2**20, 1),
         "ours_mib_per_s": round(size / med["ours"] / 2**20, 1),
     }

@@ -83,13 +83,18 @@ def _sync_file_range() -> Optional[Callable[[int, int, int], None]]:
 _START_WRITEBACK = _sync_file_range()
 
 
-class _Hasher:
-    """sha512 in a second thread, fed the same buffers the writer writes."""
+class _Stage:
+    """One pipeline stage in its own thread: applies ``work`` to each queued buffer, in order.
 
-    def __init__(self) -> None:
-        self.digest = hashlib.sha512()
-        self._queue: queue.Queue = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._run, name="sha512", daemon=True)
+    hashlib and file writes release the GIL for large buffers, so receiving, hashing and
+    writing run in parallel. A failure is kept and raised by :meth:`check` / :meth:`close`.
+    """
+
+    def __init__(self, name: str, work: Callable[[bytes], None], depth: int = 32) -> None:
+        self._work = work
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -97,19 +102,26 @@ class _Hasher:
             chunk = self._queue.get()
             if chunk is None:
                 return
-            self.digest.update(chunk)
+            if self.error is None:
+                try:
+                    self._work(chunk)
+                except BaseException as exc:  # reported to the receiving thread
+                    self.error = exc
 
-    def update(self, chunk: bytes) -> None:
+    def put(self, chunk: bytes) -> None:
+        self.check()
         self._queue.put(chunk)
 
-    def hexdigest(self) -> str:
-        self._queue.put(None)
-        self._thread.join()
-        return self.digest.hexdigest()
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
-    def abandon(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+    def close(self) -> None:
+        """Finish every queued buffer, stop the thread, raise its failure if any."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self.check()
 
 
 def _hash_prefix(path: str, length: int) -> Tuple[Any, int]:
@@ -139,25 +151,33 @@ def _resume_point(dest: str, size: int) -> int:
 
 
 class _Sink:
-    """Appends to the partial file, hashing each buffer; enforces the size cap."""
+    """Appends to the partial file and hashes, each in its own thread; enforces the size cap."""
 
     def __init__(self, uri: str, dest: str, size: int, offset: int, fsync: bool = True) -> None:
         self.fsync = fsync
         self.uri = uri
         self.dest = dest
         self.size = size
-        self.offset = offset
-        self.written = offset
         self.received = 0
-        self.hasher = _Hasher()
+        self.digest = hashlib.sha512()
+        self.written = 0
         if offset:
-            prefix, done = _hash_prefix(dest, offset)
-            self.hasher.digest = prefix
-            self.written = done
+            self.digest, self.written = _hash_prefix(dest, offset)
         self.fh = open(dest, "r+b" if offset else "wb")  # noqa: SIM115 - closed in finish()/abort()
         self.fh.seek(self.written)
         self.fh.truncate()
+        self.on_disk = self.written
         self.flushed = self.written
+        self.hasher = _Stage("sha512", self.digest.update)
+        self.writer = _Stage("writer", self._write)
+
+    def _write(self, chunk: bytes) -> None:
+        self.fh.write(chunk)
+        self.on_disk += len(chunk)
+        if self.fsync and _START_WRITEBACK is not None and self.on_disk - self.flushed >= WRITEBACK_STEP:
+            self.fh.flush()
+            _START_WRITEBACK(self.fh.fileno(), self.flushed, self.on_disk - self.flushed)
+            self.flushed = self.on_disk
 
     def write(self, chunk: bytes) -> None:
         if self.written + len(chunk) > self.size:
@@ -165,21 +185,29 @@ class _Sink:
                 "%s sends more than the published size of %d bytes: refusing (the image on the server is not "
                 "the published one)" % (self.uri, self.size)
             )
-        self.hasher.update(chunk)
-        self.fh.write(chunk)
+        self.hasher.put(chunk)
+        try:
+            self.writer.put(chunk)
+        except OSError as exc:
+            raise TransferError("cannot write %s: %s" % (self.dest, exc)) from None
         self.written += len(chunk)
         self.received += len(chunk)
-        if self.fsync and _START_WRITEBACK is not None and self.written - self.flushed >= WRITEBACK_STEP:
-            self.fh.flush()
-            _START_WRITEBACK(self.fh.fileno(), self.flushed, self.written - self.flushed)
-            self.flushed = self.written
+
+    def _drain(self) -> None:
+        try:
+            self.writer.close()
+        except OSError as exc:
+            raise TransferError("cannot write %s: %s" % (self.dest, exc)) from None
+        finally:
+            self.hasher.close()
 
     def finish(self, sha512: str, fsync: bool) -> str:
+        self._drain()
         self.fh.flush()
         if fsync:
             os.fsync(self.fh.fileno())
         self.fh.close()
-        digest = self.hasher.hexdigest()
+        digest = self.digest.hexdigest()
         if self.written != self.size:
             raise TransferError(
                 "%s ended after %d of %d bytes: the download is incomplete (truncated); a rerun resumes it"
@@ -195,13 +223,17 @@ class _Sink:
         return digest
 
     def abort(self) -> None:
+        """Keep what was received as a correct prefix (a rerun resumes from it)."""
+        try:
+            self._drain()
+        except (TransferError, OSError):
+            pass
         if not self.fh.closed:
             try:
                 self.fh.flush()
                 self.fh.close()
             except OSError:
                 pass
-        self.hasher.abandon()
 
 
 def fetch(
