@@ -71,6 +71,26 @@ class SlurmCluster:
                 return
             time.sleep(0.1)
 
+    def stop_controller(self) -> None:
+        """Stop the role's slurmctld by its pid (the init script's stop would end every
+        /usr/sbin/slurmctld on the machine, other tests' too)."""
+        pid_file = str(self.extravars["farm_batch_controller_pid_file"])
+        try:
+            with open(pid_file) as handle:
+                pid = int(handle.read().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        for _attempt in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
     def batch_node(self, check: bool = False, **args: object) -> Dict[str, object]:
         """Run the batch_node module once through ansible-runner; its result (ok or failed)."""
         result = run_playbook(os.path.join(HERE, "batch_node.yml"), extravars={"bn": args}, check=check)
@@ -163,7 +183,7 @@ def slurm_cluster():
     finally:
         for node in list(cluster.slurmd_pids):
             cluster.stop_slurmd(node)
-        subprocess.run(["service", "slurmctld", "stop"], capture_output=True, check=False)
+        cluster.stop_controller()
         if not munge_before:
             subprocess.run(["service", "munge", "stop"], capture_output=True, check=False)
         shutil.rmtree(tmp, ignore_errors=True)

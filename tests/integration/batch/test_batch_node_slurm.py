@@ -176,11 +176,7 @@ def test_munge_key_mismatch_is_explained(slurm_cluster, foreign_munge):
 
 
 def test_controller_down_is_a_clear_error(slurm_cluster):
-    subprocess.run(["service", "slurmctld", "stop"], capture_output=True, check=True)
-    for _attempt in range(50):
-        if subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True, check=False).returncode:
-            break
-        time.sleep(0.1)
+    slurm_cluster.stop_controller()
     res = slurm_cluster.manage("bvtn1", "drained")
     assert res.get("failed")
     assert re.search(r"controller \(slurmctld\) does not answer", res["msg"]), res["msg"]
