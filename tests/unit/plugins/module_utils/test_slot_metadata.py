@@ -122,3 +122,11 @@ def test_parse_time_accepts_offsets_and_naive_values():
     assert sm.parse_time("2026-11-01T07:00:00+01:00") == T0
     assert sm.parse_time("2026-11-01T06:00:00") == T0
     assert sm.format_time(T0) == "2026-11-01T06:00:00Z"
+
+
+def test_libvirt_form_without_namespace_round_trips():
+    """setMetadata() wants the element without a namespace; metadata() returns it without one."""
+    meta = make(drain_requested=True, drain_reason="r", drain_requested_at=T0, extra={"purpose": "golden"})
+    plain = sm.to_xml(meta, namespaced=False)
+    assert "xmlns" not in plain and plain.startswith("<slot ")
+    assert sm.from_xml(plain) == meta
