@@ -179,8 +179,13 @@ def _sub(parent: ET.Element, tag: str, text: Optional[str] = None, **attrs: str)
     return element
 
 
-def to_xml(meta: SlotMetadata) -> str:
-    """Serialise to the ``<farm:slot>`` element libvirt keeps under ``<metadata>``."""
+def to_xml(meta: SlotMetadata, namespaced: bool = True) -> str:
+    """Serialise to the ``<farm:slot>`` element libvirt keeps under ``<metadata>``.
+
+    ``namespaced=False`` gives the plain ``<slot>`` element that ``virDomain.setMetadata()``
+    wants (libvirt adds the namespace and prefix itself and refuses an element that already
+    declares it).
+    """
     ET.register_namespace(PREFIX, NAMESPACE)
     root = ET.Element(_NS + "slot", {"schema": str(SCHEMA_VERSION)})
     _sub(root, "name", meta.name)
@@ -201,6 +206,9 @@ def to_xml(meta: SlotMetadata) -> str:
         _sub(root, "ssh", host=meta.ssh_host, port=str(meta.ssh_port or ""), user=meta.ssh_user)
     for key in sorted(meta.extra):
         _sub(root, "extra", meta.extra[key], key=key)
+    if not namespaced:
+        for element in root.iter():
+            element.tag = element.tag.split("}", 1)[-1]
     return ET.tostring(root, encoding="unicode")
 
 
@@ -226,6 +234,11 @@ def from_xml(text: str) -> SlotMetadata:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise SlotMetadataError(f"slot metadata is not well-formed XML: {exc}", "metadata") from None
+    if root.tag == "slot":
+        # virDomain.metadata() hands the element back without its namespace: put it back.
+        for element in root.iter():
+            if not element.tag.startswith("{"):
+                element.tag = _NS + element.tag
     if root.tag != _NS + "slot":
         raise SlotMetadataError(f"slot metadata: expected <slot xmlns={NAMESPACE!r}>, found <{root.tag}>", "metadata")
     try:
