@@ -20,7 +20,8 @@ LOCALHOST = {
                 "ansible_connection": "local",
                 "ansible_python_interpreter": sys.executable,
             }
-        }
+        },
+        "children": {"hypervisors": {"hosts": {"localhost": {}}}},
     }
 }
 
