@@ -7,7 +7,7 @@ INSTALLED=${ANSIBLE_COLLECTIONS_PATH:?}/ansible_collections/batchvirt/farm
 status=0
 for kind in modules inventory; do
   type=$([ "$kind" = modules ] && echo module || echo inventory)
-  for f in plugins/$kind/*.py; do
+  for f in "plugins/$kind"/*.py; do
     [ -e "$f" ] || continue
     name=$(basename "$f" .py)
     [ "$name" = "__init__" ] && continue

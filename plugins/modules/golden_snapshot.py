@@ -28,6 +28,8 @@ attributes:
     details: Reports the version that would be written; nothing is shut down or written.
   diff_mode:
     support: none
+  platform:
+    platforms: posix
   idempotent:
     support: partial
     description: Whether a second run with the same options changes nothing.
