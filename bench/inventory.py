@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the batchvirt.farm.slots inventory plugin on a 10,000-VM farm.
 
 Farm: N hypervisors x M slots, each hypervisor a libvirt test-driver file whose domains carry
@@ -221,6 +220,10 @@ class DelayProxy:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+def run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
 def latency_scenario(workdir: str, daemons: int, slots: int, delay_ms: float) -> Dict[str, float]:
     """Real libvirtd daemons, each in its own network and mount namespace, serving a
     test-driver farm over TCP; hypervisor i is reached through a relay that adds
@@ -235,7 +238,6 @@ def latency_scenario(workdir: str, daemons: int, slots: int, delay_ms: float) ->
             ns = f"bvtinv{os.getpid() % 10000}x{i}"
             host_if, ns_if = f"bvi{i}h{os.getpid() % 1000}", f"bvi{i}n{os.getpid() % 1000}"
             net = f"10.251.{i}"
-            run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
             run("ip", "netns", "add", ns)
             created.append(ns)
             run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
@@ -299,8 +301,8 @@ def latency_scenario(workdir: str, daemons: int, slots: int, delay_ms: float) ->
         # the read phase of a refresh (what latency affects; ansible-inventory's own start-up of
         # 1-3 s on this shared machine would drown a few tens of milliseconds)
         pairs = [(f"lat{i}", uri) for i, uri in enumerate(uris)]
-        singles = [min(timed(read_farm, [pair]) for _ in range(5)) for pair in pairs]
-        whole = min(timed(read_farm, pairs) for _ in range(5))
+        singles = [min(timed(read_farm, [pair]) for _attempt in range(5)) for pair in pairs]
+        whole = min(timed(read_farm, pairs) for _attempt in range(5))
         listing_s = timed(ansible_inventory, path)
         return {
             "latency_singles_s": singles,
@@ -324,7 +326,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hypervisors", type=int, default=500)
     parser.add_argument("--slots", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--community-venv", default="/var/tmp/bvt-inv-community")
     parser.add_argument("--no-community", action="store_true")
     parser.add_argument("--latency", action="store_true", help="also run the latency scenario (root: netns, libvirtd)")
@@ -356,8 +358,18 @@ def main() -> int:
         )
         export = json.loads(ansible_inventory(plugin_file, "--export"))
         static_file = write_yaml(os.path.join(workdir, "static.yml"), static_from_export(export))
-        plugin_list = plain(json.loads(ansible_inventory(plugin_file)))
-        static_list = plain(json.loads(ansible_inventory(static_file)))
+        times: Dict[str, List[float]] = {"plugin": [], "cached": [], "static": [], "floor": [], "floor_xmldesc": []}
+        listings: Dict[str, str] = {}
+
+        def listing(key: str, source: str) -> None:
+            listings[key] = ansible_inventory(source)
+
+        # the identity check's listings are timed samples too (a static listing of 10,000 hosts
+        # takes minutes on a loaded machine)
+        times["static"].append(timed(listing, "static", static_file))
+        times["plugin"].append(timed(listing, "plugin", plugin_file))
+        plugin_list = plain(json.loads(listings["plugin"]))
+        static_list = plain(json.loads(listings["static"]))
         hosts = len(plugin_list["_meta"]["hostvars"])
         assert hosts == args.hypervisors * args.slots, f"plugin listed {hosts} hosts"
         assert plugin_list == static_list, "the static inventory differs from the plugin's"
@@ -367,7 +379,6 @@ def main() -> int:
 
         floor_cmd = [sys.executable, "-c", FLOOR, "metadata", *uris]
         xml_cmd = [sys.executable, "-c", FLOOR, "xmldesc", *uris]
-        times: Dict[str, List[float]] = {"plugin": [], "cached": [], "static": [], "floor": [], "floor_xmldesc": []}
         for r in range(args.rounds):
             times["static"].append(timed(ansible_inventory, static_file))
             times["plugin"].append(timed(ansible_inventory, plugin_file))

@@ -30,7 +30,7 @@ description:
   - The configuration file name must end with C(.farm.slots.yml) or C(.farm.slots.yaml), or be
     C(farm_slots.yml) / C(farm_slots.yaml).
 author:
-  - batchvirt.farm contributors
+  - batchvirt.farm contributors (@batchvirt)
 requirements:
   - libvirt-python (python3-libvirt) on the controller (the AWX execution environment)
 extends_documentation_fragment:
@@ -175,22 +175,18 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import HAS
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import ENABLED_STATES, STATES, BatchView
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import format_time
 
-try:  # ansible-core >= 2.19: only data tagged as trusted is ever templated
-    from ansible._internal._datatag._tags import TrustedAsTemplate  # noqa: F401
+try:  # ansible-core >= 2.19: data tagging; only strings tagged as trusted are templated
+    from ansible.template import trust_as_template as _trusted
 
     def make_unsafe(value: Any) -> Any:
         """Data read from hypervisors is never trusted as a template; with data tagging it is
         untagged already, so wrapping it (a deep copy of 10,000 dictionaries) is not needed."""
         return value
 
-except ImportError:  # ansible-core < 2.19
+except ImportError:  # ansible-core < 2.19: every string is a template unless wrapped
     from ansible.utils.unsafe_proxy import wrap_var as make_unsafe  # type: ignore[no-redef]
 
-try:  # ansible-core >= 2.19: the option is the site admin's own template
-    from ansible.template import trust_as_template as _trusted
-except ImportError:  # ansible-core < 2.19: every string is a template
-
-    def _trusted(value: Any) -> Any:
+    def _trusted(value: Any) -> Any:  # type: ignore[misc]
         return value
 
 

@@ -28,7 +28,6 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
     seconds_to_drain,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot import read_metadata
-from ansible_collections.batchvirt.farm.plugins.module_utils._slot_clock import NOW_ENV  # noqa: F401 (re-exported)
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_clock import farm_now as _env_now
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import (
     SlotMetadataError,
@@ -237,7 +236,8 @@ def slot_state(
     **kwargs: Any,
 ) -> Tuple[str, int]:
     """``(lifecycle state, seconds to drain)`` of a slot record with the shared model."""
-    assert record.slot is not None
+    if record.slot is None:
+        raise ValueError(f"domain {record.domain} is not a slot")
     times = slot_times(record.slot)
     return compute_lifecycle(times, now, record.running, batch, **kwargs), seconds_to_drain(times, now)
 

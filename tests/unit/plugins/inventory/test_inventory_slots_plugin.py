@@ -184,7 +184,7 @@ def test_hypervisor_names_and_addresses_from_the_uri(uri, name, ssh_host, ssh_us
 
 
 def test_bad_now_names_the_option(monkeypatch):
-    monkeypatch.setenv(_inventory.NOW_ENV, "yesterday")
+    monkeypatch.setenv("BATCHVIRT_FARM_NOW", "yesterday")
     with pytest.raises(ValueError, match="BATCHVIRT_FARM_NOW: 'yesterday' is not an ISO-8601 time"):
         _inventory.farm_now()
     assert _inventory.farm_now("2026-11-21T12:00:00Z") == NOW
