@@ -26,7 +26,10 @@ from tests.testbed.ansible import LOCALHOST, ROOT, PlaybookResult, run_playbook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PLAYBOOKS = os.path.join(HERE, "playbooks")
-SLURM_CONF = "/etc/slurm/slurm.conf"
+# The farm's own controller configuration and slurmctld process: the machine's /etc/slurm and its
+# slurmctld service stay free for other tests (tests/integration/batch) running at the same time.
+SLURM_CONF_DIR = os.environ.get("BVT_FARM_SLURM_CONF_DIR", "/run/bvt-farm-slurm")
+SLURM_CONF = os.path.join(SLURM_CONF_DIR, "slurm.conf")
 HYPERVISOR = "bvtfarm"  # the hypervisor name in the slots' metadata (and their names)
 IDENTIFIER = "bvt-worker"
 CTLD_PORT = int(os.environ.get("BVT_FARM_SLURMCTLD_PORT", "27817"))
@@ -92,7 +95,7 @@ class Farm:
     def accepting(self) -> int:
         return sum(1 for s in self.node_states().values() if s in ACCEPTING)
 
-    def wait_accepting(self, count: Optional[int] = None, timeout: float = 420) -> float:
+    def wait_accepting(self, count: Optional[int] = None, timeout: float = 900) -> float:
         """Wait until ``count`` (default all) nodes take jobs; returns the seconds waited."""
         want = self.count if count is None else count
         start = time.monotonic()
@@ -174,7 +177,9 @@ class Farm:
 
     def run(self, playbook: str, check: bool = False, now: Optional[str] = None, **extra: Any) -> PlaybookResult:
         """A collection playbook through ansible-runner, inventory = the plugin config file (as AWX)."""
-        env = {"BATCHVIRT_FARM_NOW": now} if now else None
+        env = {"SLURM_CONF": SLURM_CONF}
+        if now:
+            env["BATCHVIRT_FARM_NOW"] = now
         return run_playbook(
             os.path.join(ROOT, "playbooks", playbook),
             inventory=self.inventory,
@@ -238,6 +243,8 @@ def controller_vars(tmp: str, names: List[str]) -> Dict[str, Any]:
         "farm_batch_controller_state_dir": os.path.join(tmp, "state"),
         "farm_batch_controller_log_dir": os.path.join(tmp, "log"),
         "farm_batch_controller_pid_file": os.path.join(tmp, "slurmctld.pid"),
+        "farm_batch_controller_conf_dir": SLURM_CONF_DIR,
+        "farm_batch_controller_manage_services": False,  # our own slurmctld, started below
         # a destroyed VM is noticed within a boot; long enough for busy TCG guests to answer pings
         "farm_batch_controller_slurmd_timeout": 30,
         "farm_batch_controller_extra_config": {"MinJobAge": 3600},
@@ -255,6 +262,43 @@ def controller_vars(tmp: str, names: List[str]) -> Dict[str, Any]:
     }
 
 
+def start_slurmctld(tmp: str) -> None:
+    """munge (the service, shared) and this farm's own slurmctld (-f its slurm.conf), answering."""
+    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["service", "munge", "start"], capture_output=True, check=False)
+    stop_slurmctld(tmp)
+    # a copy of the binary: `service slurmctld stop` (another test's clean-up) stops every process
+    # of /usr/sbin/slurmctld, and must not stop this farm's controller
+    binary = os.path.join(tmp, "slurmctld")
+    shutil.copy2(shutil.which("slurmctld") or "/usr/sbin/slurmctld", binary)
+    subprocess.run([binary, "-f", SLURM_CONF], capture_output=True, check=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if "is UP" in slurm("scontrol", "ping", check=False):
+            return
+        time.sleep(0.5)
+    raise FarmError("slurmctld -f %s does not answer scontrol ping; see %s" % (SLURM_CONF, os.path.join(tmp, "log")))
+
+
+def stop_slurmctld(tmp: str) -> None:
+    pid_file = os.path.join(tmp, "slurmctld.pid")
+    try:
+        with open(pid_file) as handle:
+            pid = int(handle.read().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
 def guest_slurm_conf(text: str) -> str:
     """The controller's slurm.conf as a guest needs it: the controller at the host (10.0.2.2 in the
     guest's user-mode network), slurmd listening on every guest address, the distribution's paths."""
@@ -270,40 +314,20 @@ def guest_slurm_conf(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def build(count: int = 2, memory_mib: int = 512, tmp: Optional[str] = None) -> Farm:
-    """Build the farm; the caller must call :func:`destroy` whatever happens."""
-    tmp = tmp or tempfile.mkdtemp(prefix="bvt-farm-")
-    os.makedirs(tmp, exist_ok=True)
-    os.chmod(tmp, 0o755)
-    for sub in ("state", "log"):
-        os.makedirs(os.path.join(tmp, sub), exist_ok=True)
-    names = [f"{HYPERVISOR}-slot-{i:02d}" for i in range(1, count + 1)]
-    timings: Dict[str, float] = {}
-
-    t0 = time.monotonic()
-    result = _check(run_playbook(os.path.join(PLAYBOOKS, "worker_image.yml"), inventory=LOCALHOST), "base_image role")
-    description = result.results("Report the image description")[0]["farm_base_image"]
-    image_path = description["file"]
-    timings["worker_image"] = time.monotonic() - t0
-
-    t0 = time.monotonic()
-    _check(
-        run_playbook(
-            os.path.join(PLAYBOOKS, "controller.yml"), inventory=LOCALHOST, extravars=controller_vars(tmp, names)
-        ),
-        "batch_controller role",
-    )
+def configure(
+    tmp: str, names: List[str], image_path: str, memory_mib: int = 512, timings: Optional[Dict[str, float]] = None
+) -> Farm:
+    """The :class:`Farm` (extra variables, inventory file) for a controller that runs already."""
     with open("/etc/munge/munge.key", "rb") as handle:
         munge_b64 = base64.b64encode(handle.read()).decode()
     with open(SLURM_CONF) as handle:
         slurm_conf = guest_slurm_conf(handle.read())
-    timings["controller"] = time.monotonic() - t0
 
     extravars: Dict[str, Any] = {
         "farm_ops_scope": HYPERVISOR,
         "farm_ops_controller": "localhost",
         "farm_ops_poll_interval": 2,
-        "farm_ops_boot_timeout": 420,
+        "farm_ops_boot_timeout": 900,
         "farm_ops_slot": {
             "uri": "qemu:///system",
             "vcpus": 1,
@@ -345,15 +369,54 @@ def build(count: int = 2, memory_mib: int = 512, tmp: Optional[str] = None) -> F
             },
             handle,
         )
-    farm = Farm(
+    return Farm(
         tmp=tmp,
-        count=count,
+        count=len(names),
         names=names,
         image_path=image_path,
         extravars=extravars,
         inventory=inventory,
-        timings=timings,
+        timings=timings if timings is not None else {},
     )
+
+
+def attach(tmp: str, count: int = 2, memory_mib: int = 512) -> Farm:
+    """A farm built earlier by :func:`build` (same ``tmp``) and still running: for debugging and benches."""
+    with open(os.path.join(tmp, "image_path")) as handle:
+        image_path = handle.read().strip()
+    farm = configure(tmp, [f"{HYPERVISOR}-slot-{i:02d}" for i in range(1, count + 1)], image_path, memory_mib)
+    farm.versions = sorted({version_of(m) for m in farm.metadata().values()})
+    return farm
+
+
+def build(count: int = 2, memory_mib: int = 512, tmp: Optional[str] = None) -> Farm:
+    """Build the farm; the caller must call :func:`destroy` whatever happens."""
+    tmp = tmp or tempfile.mkdtemp(prefix="bvt-farm-")
+    os.makedirs(tmp, exist_ok=True)
+    os.chmod(tmp, 0o755)
+    for sub in ("state", "log"):
+        os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+    names = [f"{HYPERVISOR}-slot-{i:02d}" for i in range(1, count + 1)]
+    timings: Dict[str, float] = {}
+
+    t0 = time.monotonic()
+    result = _check(run_playbook(os.path.join(PLAYBOOKS, "worker_image.yml"), inventory=LOCALHOST), "base_image role")
+    description = result.results("Report the image description")[0]["farm_base_image"]
+    image_path = description["file"]
+    with open(os.path.join(tmp, "image_path"), "w") as handle:
+        handle.write(image_path)
+    timings["worker_image"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    _check(
+        run_playbook(
+            os.path.join(PLAYBOOKS, "controller.yml"), inventory=LOCALHOST, extravars=controller_vars(tmp, names)
+        ),
+        "batch_controller role",
+    )
+    start_slurmctld(tmp)
+    timings["controller"] = time.monotonic() - t0
+    farm = configure(tmp, names, image_path, memory_mib, timings)
 
     t0 = time.monotonic()
     farm.stage_version("1")
@@ -374,7 +437,8 @@ def destroy(farm: Optional[Farm], tmp: Optional[str] = None) -> List[str]:
         if result.rc != 0:
             errors.append("removing the slots failed: " + result.stdout[-2000:])
         tmp = farm.tmp
-    subprocess.run(["service", "slurmctld", "stop"], capture_output=True, check=False)
+    if tmp:
+        stop_slurmctld(tmp)
     for path in (IMAGE_ROOT, IMAGE_ROOT + ".cache"):
         shutil.rmtree(path, ignore_errors=True)
     if tmp:
