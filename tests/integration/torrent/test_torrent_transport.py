@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import time
 
 import pytest
@@ -43,7 +44,8 @@ def test_make_torrent_is_idempotent(swarm):
 
 
 def test_corrupted_seeder_never_yields_a_verified_file(swarm):
-    """The only peer serves bad data: every piece fails its SHA-1 check, the fetch fails."""
+    """The only peer serves bad data for half the image: those pieces fail their SHA-1 check
+    and are never accepted; the fetch fails, the file is not the image."""
     image = swarm.image()
     tracker = swarm.tracker()
     meta = _torrent.make_torrent(image, [tracker.url], [])
@@ -52,18 +54,35 @@ def test_corrupted_seeder_never_yields_a_verified_file(swarm):
     os.makedirs(os.path.dirname(bad))
     with open(image, "rb") as src, open(bad, "wb") as out:
         data = bytearray(src.read())
-        for offset in range(0, len(data), 4096):  # flip a byte in every page: every piece is bad
+        half = len(data) // 2
+        for offset in range(half, len(data), 4096):  # flip a byte in every page of the 2nd half
             data[offset] ^= 0xFF
         out.write(data)
     # The bad seeder does not check its own data (that is how a broken disk slips through).
     seeder = _torrent.start_seeding(meta["path"], bad, 120, state_dir=swarm.state_dir("bad"), verify=False)
     assert seeder["running"]
     dest = os.path.join(swarm.tmp, "hv1", "image.raw.part")
+    log = os.path.join(swarm.tmp, "aria2c-debug.log")
     with pytest.raises(_torrent.TorrentError) as err:
-        _torrent.fetch(meta["path"], dest, len(data), None, timeout=8, state_dir=swarm.state_dir("hv1"))
+        _torrent.fetch(
+            meta["path"],
+            dest,
+            len(data),
+            None,
+            timeout=8,
+            state_dir=swarm.state_dir("hv1"),
+            extra_args=[f"--log={log}", "--log-level=info"],
+        )
     assert "timed out after 8 s fetching " + meta["path"] in err.value.message
     assert "no peer or web seed delivered verified pieces" in err.value.message
     assert not (os.path.exists(dest) and filecmp.cmp(dest, image, shallow=False))
+    # The bad peer was really used: blocks of the corrupted half came from it, and were refused.
+    bad_piece = half // meta["piece_length"]
+    with open(log) as handle:
+        engine_log = handle.read()
+    received = {int(i) for i in re.findall(r"From: \S+ piece index=(\d+), begin=", engine_log)}
+    assert any(i >= bad_piece for i in received), f"no corrupted piece ever came from the seeder: {sorted(received)}"
+    assert os.path.exists(dest + ".aria2"), "the incomplete download must stay marked incomplete"
 
 
 def test_no_source_times_out_with_a_clear_message(swarm):
