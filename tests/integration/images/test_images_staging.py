@@ -305,7 +305,7 @@ def test_two_prestage_runs_at_once_never_corrupt(cache, served, hostbed):
     }
     procs = [
         hostbed.process(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-        for _ in range(2)
+        for _run in range(2)
     ]
     outputs = []
     for proc in procs:
