@@ -48,10 +48,11 @@ def publish(site, served, images):
     return served.url("farm.list")
 
 
-def prestage(site, list_url):
+def prestage(site, list_url, check=False):
     pki, pool_name, root, _pool = site
     return run_playbook(
         "playbooks/prestage.yml",
+        check=check,
         inventory=INVENTORY,
         extravars={
             "farm_image_cache_root": root,
@@ -69,6 +70,10 @@ def test_prestage_subscribes_stages_and_prunes(site, served):
     v1 = served.add("worker-1.raw", size=1024 * 1024 + 1, seed=1)
     image1 = {"identifier": "worker", "version": "1", "uri": served.url(v1.name), "path": v1.path, "format": "raw"}
     list_url = publish(site, served, [image1])
+
+    check = prestage(site, list_url, check=True)
+    assert check.rc == 0, check.stdout[-4000:]
+    assert check.changed and os.listdir(root) == [] and served.server.sent[v1.name] == 0
 
     first = prestage(site, list_url)
     assert first.rc == 0, first.stdout[-4000:]
