@@ -188,7 +188,7 @@ class _Sink:
         self.hasher.put(chunk)
         try:
             self.writer.put(chunk)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise TransferError("cannot write %s: %s" % (self.dest, exc)) from None
         self.written += len(chunk)
         self.received += len(chunk)
@@ -196,7 +196,7 @@ class _Sink:
     def _drain(self) -> None:
         try:
             self.writer.close()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise TransferError("cannot write %s: %s" % (self.dest, exc)) from None
         finally:
             self.hasher.close()
