@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Rolling update on the REAL test farm against its floor.
 
 The farm: ``tests/integration/farm/farmbed.py`` (hypervisor role, worker image with slurmd + munge,

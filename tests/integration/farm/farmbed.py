@@ -214,17 +214,17 @@ class CapacitySampler(threading.Thread):
         self.farm = farm
         self.interval = interval
         self.samples: List[Tuple[float, int, Dict[str, str]]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         start = time.monotonic()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             states = self.farm.node_states()
             self.samples.append((time.monotonic() - start, sum(1 for s in states.values() if s in ACCEPTING), states))
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
     def min_share(self) -> float:
@@ -291,7 +291,7 @@ def stop_slurmctld(tmp: str) -> None:
         os.kill(pid, 15)
     except ProcessLookupError:
         return
-    for _ in range(100):
+    for _attempt in range(100):
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

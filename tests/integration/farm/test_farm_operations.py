@@ -44,9 +44,11 @@ def test_rolling_update_check_mode_shows_the_plan_and_touches_nothing(farm):
 
 def test_rolling_update_replaces_every_slot_without_losing_a_job(farm):
     start = time.monotonic()
-    farm.stage_version("2")  # the "security update": a new version of the worker image
+    previous = farm.versions[-1]
+    version = str(int(previous) + 1)
+    farm.stage_version(version)  # the "security update": a new version of the worker image
     old = farm.metadata()
-    assert {farmbed.version_of(m) for m in old.values()} == {"1"}
+    assert {farmbed.version_of(m) for m in old.values()} == {previous}
 
     jobs = {name: farm.submit(name, 60) for name in farm.names}
     deadline = time.monotonic() + 60
@@ -76,7 +78,7 @@ def test_rolling_update_replaces_every_slot_without_losing_a_job(farm):
     # every slot runs the new version, same names, and takes jobs again
     new = farm.metadata()
     assert sorted(new) == farm.names
-    assert {n: farmbed.version_of(m) for n, m in new.items()} == dict.fromkeys(farm.names, "2")
+    assert {n: farmbed.version_of(m) for n, m in new.items()} == dict.fromkeys(farm.names, version)
     assert all(new[n]["created_at"] > old[n]["created_at"] for n in farm.names)
     assert all(new[n]["ssh"]["port"] == old[n]["ssh"]["port"] for n in farm.names)
     assert farm.accepting() == farm.count, farm.node_states()
@@ -88,7 +90,9 @@ def test_rolling_update_replaces_every_slot_without_losing_a_job(farm):
 
     summary = _summary(result, "farm_rolling_update_summary")
     assert sorted(summary["updated"]) == farm.names, summary
-    assert all(v["version"] == "2" and v["previous_version"] == "1" for v in summary["updated"].values()), summary
+    assert all(v["version"] == version and v["previous_version"] == previous for v in summary["updated"].values()), (
+        summary
+    )
     assert summary["left_draining"] == {}, summary
     # the drain waited for the jobs (job events of the batch_node task)
     drains = result.results("Drain the batch node and wait until drained")
@@ -121,7 +125,7 @@ def test_recycle_replaces_only_the_expired_slot(farm):
 
     after = farm.metadata()
     assert after[first]["created_at"] == now, (after[first], now)  # re-created "at" the injected time
-    assert after[first]["running"] and farmbed.version_of(after[first]) == "2"
+    assert after[first]["running"] and farmbed.version_of(after[first]) == farm.versions[-1]
     assert after[second] == before[second], "recycle must not touch a slot that is not drained, expired or stopped"
     summary = _summary(result, "farm_recycle_summary")
     assert list(summary["replaced"]) == [first] and summary["replaced"][first]["lifecycle"] == "expired", summary
