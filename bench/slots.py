@@ -10,7 +10,9 @@ Measured in the same run (``--repeat`` times each, median, interleaved):
 * ours: ``ansible-playbook playbooks/slots.yml`` as a user runs it (the vm_slots role: one
   ``batchvirt.farm.slot`` call with ``layout``), wall clock of the whole command;
 * the same with a 1 GiB and a 20 GiB sparse base image (overlay creation must not depend on it);
-* a second run of the playbook with nothing to change (``noop_seconds``).
+* a second run of the playbook with nothing to change (``noop_seconds``);
+* the overlay creation alone on each base image (``overlay_ms_1g``/``_20g``, median of 16), the
+  one step that could depend on the image size, measured apart from the (noisy) domain starts.
 
 Guests are tiny and idle: 64 MiB, TCG, booting with their "bootloader" from the sparse, empty
 base image, so SeaBIOS finds nothing to boot and waits (almost no CPU; 16 booting kernels
@@ -189,6 +191,26 @@ def playbook(count: int, base: str, guest: dict) -> float:
     return elapsed
 
 
+def overlay_only(base: str, rounds: int = 16) -> float:
+    """Median seconds of one overlay volume creation on ``base`` (the size-dependent step, if any)."""
+    conn = libvirt.open("qemu:///system")
+    pool = conn.storagePoolLookupByName(POOL)
+    samples = []
+    for n in range(rounds):
+        name = "floor-slot-ov%02d.qcow2" % n
+        start = time.perf_counter()
+        vol = pool.createXML(
+            f"<volume><name>{name}</name><capacity unit='bytes'>{os.path.getsize(base)}</capacity>"
+            "<target><format type='qcow2'/></target>"
+            f"<backingStore><path>{base}</path><format type='raw'/></backingStore></volume>",
+            0,
+        )
+        samples.append(time.perf_counter() - start)
+        vol.delete(0)
+    conn.close()
+    return statistics.median(samples)
+
+
 def cleanup(prefixes=("floor-slot-", "bench-slot-")) -> None:
     conn = libvirt.open("qemu:///system")
     for dom in conn.listAllDomains(0):
@@ -219,10 +241,11 @@ def main() -> None:
     conn.close()
     bases = {1: sparse_base(1), 20: sparse_base(20)}
     cleanup()
-    times = {"floor_1g": [], "floor_20g": [], "ours_1g": [], "ours_20g": [], "noop": []}
+    times = {"floor_1g": [], "floor_20g": [], "ours_1g": [], "ours_20g": [], "noop": [], "ov_1g": [], "ov_20g": []}
     try:
         for _ in range(args.repeat):
             for size in (1, 20):
+                times[f"ov_{size}g"].append(overlay_only(bases[size]))
                 times[f"floor_{size}g"].append(floor(args.count, bases[size], guest))
                 cleanup()
                 times[f"ours_{size}g"].append(playbook(args.count, bases[size], guest))
@@ -244,6 +267,8 @@ def main() -> None:
         "size_ratio_20g_vs_1g": round(med["ours_20g"] / med["ours_1g"], 2),
         "floor_size_ratio_20g_vs_1g": round(med["floor_20g"] / med["floor_1g"], 2),
         "noop_seconds": round(med["noop"], 2),
+        "overlay_ms_1g": round(med["ov_1g"] * 1000, 1),
+        "overlay_ms_20g": round(med["ov_20g"] * 1000, 1),
         "repeat": args.repeat,
     }
     print(json.dumps(result))
