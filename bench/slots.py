@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Lay out and start N slots on one hypervisor: playbooks/slots.yml vs the raw libvirt floor.
 
 Measured in the same run (``--repeat`` times each, median, interleaved):
@@ -243,7 +242,7 @@ def main() -> None:
     cleanup()
     times = {"floor_1g": [], "floor_20g": [], "ours_1g": [], "ours_20g": [], "noop": [], "ov_1g": [], "ov_20g": []}
     try:
-        for _ in range(args.repeat):
+        for _round in range(args.repeat):
             for size in (1, 20):
                 times[f"ov_{size}g"].append(overlay_only(bases[size]))
                 times[f"floor_{size}g"].append(floor(args.count, bases[size], guest))

@@ -424,7 +424,7 @@ class SlotManager:
         ssh_host = network.get("ssh_host") or ("127.0.0.1" if network["mode"] == "user" else "")
         ssh_port = int(network.get("ssh_port") or (0 if network["mode"] == "user" else 22))
         if network["mode"] != "user" and network.get("address"):
-            ssh_host = network["address"].split("/")[0]
+            ssh_host = network["address"].split("/", maxsplit=1)[0]
         if overlay_type == "lvm":
             vg = overlay.get("volume_group")
             if not vg or not overlay.get("origin"):
@@ -656,13 +656,13 @@ class SlotManager:
             if meta is None:
                 continue
             if meta.address:
-                taken["address " + meta.address.split("/")[0]] = name
+                taken["address " + meta.address.split("/", maxsplit=1)[0]] = name
             if meta.network_mode == "user" and meta.ssh_port:
                 taken["ssh_port %s:%d" % (meta.ssh_host, meta.ssh_port)] = name
         for plan in plans:
             keys = []
             if plan["network"].get("address"):
-                keys.append("address " + plan["network"]["address"].split("/")[0])
+                keys.append("address " + plan["network"]["address"].split("/", maxsplit=1)[0])
             if plan["spec"].network_mode == "user" and plan["spec"].ssh_port:
                 keys.append("ssh_port %s:%d" % (plan["spec"].ssh_host, plan["spec"].ssh_port))
             for key in keys:

@@ -158,7 +158,7 @@ def check_unique(slots: Sequence[Dict[str, Any]], keys: Iterable[str] = ("name",
             value = slot.get(key)
             if value in (None, "", 0):
                 continue
-            text = str(value).split("/")[0] if key == "address" else str(value)
+            text = str(value).split("/", maxsplit=1)[0] if key == "address" else str(value)
             if text in seen:
                 raise LayoutError(
                     f"two slots share the {key} {text}: {seen[text]} and {slot.get('name')}; every slot needs its own",
