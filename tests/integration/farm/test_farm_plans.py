@@ -1,0 +1,122 @@
+"""rolling_update.yml and recycle.yml on a libvirt test-driver farm (no VM boots): the plan in
+check mode for every lifecycle state, and bad input. Run through ansible-runner as AWX does, with
+the slots inventory plugin file as the inventory and the job events asserted on."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+
+from tests.integration.inventory.farm_xml import EPOCH, HOUR, slot, write_test_node
+from tests.testbed.ansible import run_playbook
+
+NOW = EPOCH + 30 * HOUR  # the lifecycle clock of these tests (the plugin's `now` option)
+
+
+def _farm(tmp_path, active: int = 6):
+    """One hypervisor with slots in every lifecycle state the plugin can see without a batch view."""
+    fresh = NOW - 2 * HOUR
+    domains = [
+        (f"hv01-slot-a{i}", slot(f"hv01-slot-a{i}", "hv01", created_at=fresh, lifetime_h=48), True)
+        for i in range(active)
+    ]
+    domains += [
+        ("hv01-slot-expiring", slot("hv01-slot-expiring", "hv01", created_at=NOW - 47 * HOUR, lifetime_h=48), True),
+        ("hv01-slot-draining", slot("hv01-slot-draining", "hv01", created_at=fresh, drain_requested=True), True),
+        (
+            "hv01-slot-expired",
+            slot("hv01-slot-expired", "hv01", created_at=NOW - 40 * HOUR, lifetime_h=24, walltime_h=12),
+            True,
+        ),
+        ("hv01-slot-stopped", slot("hv01-slot-stopped", "hv01", created_at=fresh, lifetime_h=48), False),
+        ("hv01-slot-new", slot("hv01-slot-new", "hv01", created_at=NOW - datetime.timedelta(minutes=5)), True),
+        ("foreign", None, True),
+    ]
+    node = write_test_node(str(tmp_path / "hv01.xml"), domains)
+    inventory = tmp_path / "farm.farm.slots.yml"
+    inventory.write_text(
+        json.dumps(
+            {
+                "plugin": "batchvirt.farm.slots",
+                "hypervisors": [{"uri": node, "name": "hv01"}],
+                "now": NOW.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        )
+    )
+    return str(inventory)
+
+
+def _msg(result, task):
+    res = result.results(task)
+    assert res, f"no {task!r} in the job events:\n{result.stdout[-3000:]}"
+    return res[-1]["msg"]
+
+
+def test_rolling_update_plan_in_check_mode(tmp_path):
+    inventory = _farm(tmp_path, active=7)
+    result = run_playbook("playbooks/rolling_update.yml", inventory=inventory, check=True)
+    assert result.rc == 0, result.stdout[-3000:]
+    plan = _msg(result, "Show the plan")
+    # 7 active + 1 expiring accept jobs; 0.75 of 8 must keep accepting: 2 at once
+    assert plan["accepting"] == 8 and plan["batch_size"] == 2, plan
+    assert plan["capacity_share_kept"] == 0.75, plan
+    assert [len(b) for b in plan["batches"]] == [2, 2, 2, 1], plan
+    assert sorted(sum(plan["batches"], [])) == [f"hv01-slot-a{i}" for i in range(7)], plan
+    assert plan["left_alone"] == ["hv01-slot-expiring"], plan
+    # check mode ends before any slot is touched: no drain, no slot module call
+    assert not result.results("Drain the batch node and wait until drained")
+    assert not result.results("Find whether the slot runs the newest staged version of its image")
+    assert not result.changed
+
+
+def test_rolling_update_plan_with_a_smaller_serial_and_a_scope(tmp_path):
+    inventory = _farm(tmp_path, active=6)
+    result = run_playbook(
+        "playbooks/rolling_update.yml",
+        inventory=inventory,
+        check=True,
+        extravars={"farm_rolling_update_serial": "20%", "farm_rolling_update_min_capacity_share": 0.5},
+    )
+    assert result.rc == 0, result.stdout[-3000:]
+    plan = _msg(result, "Show the plan")
+    assert plan["batch_size"] == 1, plan  # 20% of 6 targets = 1, below the bound (3)
+
+
+@pytest.mark.parametrize(
+    ("extravars", "message"),
+    [
+        ({"farm_rolling_update_mode": "reboot"}, "farm_rolling_update_mode must be replace or patch (got reboot)"),
+        (
+            {"farm_rolling_update_min_capacity_share": 1.0},
+            "farm_rolling_update_min_capacity_share at least 0 and below 1 (got 1.0)",
+        ),
+    ],
+)
+def test_rolling_update_bad_input(tmp_path, extravars, message):
+    result = run_playbook("playbooks/rolling_update.yml", inventory=_farm(tmp_path), extravars=extravars, check=True)
+    assert result.rc != 0
+    failed = [e["event_data"]["res"].get("msg", "") for e in result.events if e.get("event") == "runner_on_failed"]
+    assert any(message in m for m in failed), failed
+
+
+@pytest.mark.parametrize("playbook", ["rolling_update.yml", "recycle.yml"])
+def test_operations_need_the_slots_inventory(playbook):
+    result = run_playbook(f"playbooks/{playbook}", check=True)  # localhost only, no lifecycle groups
+    assert result.rc != 0
+    failed = [e["event_data"]["res"].get("msg", "") for e in result.events if e.get("event") == "runner_on_failed"]
+    assert any("run this playbook with the batchvirt.farm.slots inventory plugin" in m for m in failed), failed
+
+
+def test_recycle_plan_touches_only_expired_drained_stopped(tmp_path):
+    result = run_playbook("playbooks/recycle.yml", inventory=_farm(tmp_path), check=True)
+    assert result.rc == 0, result.stdout[-3000:]
+    plan = _msg(result, "Show what will be recycled")
+    assert plan["replace_expired"] == ["hv01-slot-expired"], plan
+    assert plan["restart_stopped"] == ["hv01-slot-stopped"], plan
+    assert plan["replace_drained"] == [], plan  # no batch view: nobody saw that no job runs
+    assert sorted(plan["left_alone"]) == sorted(
+        [f"hv01-slot-a{i}" for i in range(6)] + ["hv01-slot-expiring", "hv01-slot-draining", "hv01-slot-new"]
+    ), plan
+    assert not result.results("Remove the slot") and not result.changed
