@@ -26,7 +26,7 @@ def slots_vars(guest, hv, **extra):
             "cmdline": guest["cmdline"],
         },
         "farm_vm_slots_ssh_port_base": 12600,
-        "farm_vm_slots_overcommit_cpu": 4.0,
+        "farm_vm_slots_overcommit_cpu": 32.0,  # other tests' domains may run on this host
         "farm_vm_slots_domain_type": "qemu",
         "farm_vm_slots_cloud_init": {"ssh_genkeytypes": ["ed25519"]},
     }
