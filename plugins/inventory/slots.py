@@ -532,6 +532,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     host.set_variable(key, value)
                 if dom.slot is None:
                     inventory.add_child("farm_foreign", name)
+                elif (dom.slot.get("extra") or {}).get("purpose") == "golden":
+                    # a golden node is configured and snapshotted, never drained or recycled
+                    inventory.add_child(inventory.add_group("farm_golden"), name)
                 else:
                     inventory.add_child("farm_lifecycle_" + variables["farm_lifecycle"], name)
                     image = dom.slot["image"]
@@ -573,10 +576,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if batch_known:  # a node the batch system does not know is not registered (yet)
             view = batch.get(slot["batch"]["node"]) or BatchView(registered=False, state="unknown")
         state, to_drain = slot_state(dom, now, view, **state_kwargs)
+        golden = (slot.get("extra") or {}).get("purpose") == "golden"
         variables.update(
             {
                 "farm_lifecycle": state,
-                "farm_enabled": state in ENABLED_STATES,
+                "farm_enabled": state in ENABLED_STATES and not golden,
                 "farm_slot": slot,
                 "farm_image": {"identifier": slot["image"]["identifier"], "version": slot["image"]["version"]},
                 "farm_drain_at": slot["drain_at"],

@@ -498,8 +498,11 @@ class SlotManager:
 
     @staticmethod
     def _extra(plan: Dict[str, Any], current: Dict[str, str]) -> Dict[str, str]:
-        """The metadata's extra fields: the user-mode forwards are kept there (a replacement reuses them)."""
-        extra = {k: v for k, v in current.items() if k != "forwards"}
+        """The metadata's extra fields: the user-mode forwards (a replacement reuses them) and a
+        purpose other than ``worker`` (a golden VM, which the inventory keeps out of the farm)."""
+        extra = {k: v for k, v in current.items() if k not in ("forwards", "purpose")}
+        if (plan["req"].get("purpose") or "worker") != "worker":
+            extra["purpose"] = plan["req"]["purpose"]
         if plan["spec"].extra_forwards:
             extra["forwards"] = ",".join("%s:%d:%d" % fwd for fwd in plan["spec"].extra_forwards)
         return extra

@@ -283,6 +283,15 @@ options:
   worker_type:
     description: The worker type (recorded in the metadata, for inventory groups).
     type: str
+  purpose:
+    description:
+      - V(worker) for a batch worker. V(golden) for a golden node (see P(batchvirt.farm.golden_node#role)):
+        it is recorded in the metadata, and the P(batchvirt.farm.slots#inventory) inventory puts such a VM
+        in the group C(farm_golden) only, never in a lifecycle group, so rolling updates and recycling
+        never touch it.
+    type: str
+    choices: [worker, golden]
+    default: worker
   batch:
     description:
       - The batch system. With O(batch.controller), the user-data makes the VM register itself at boot.
@@ -573,6 +582,7 @@ ARGUMENT_SPEC = {
     "lifetime_spread": {"type": "int", "default": 0},
     "max_job_walltime": {"type": "int", "default": 172800},
     "worker_type": {"type": "str"},
+    "purpose": {"type": "str", "choices": ["worker", "golden"], "default": "worker"},
     "batch": {
         "type": "dict",
         "options": {

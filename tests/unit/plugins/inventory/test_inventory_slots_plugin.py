@@ -228,6 +228,17 @@ def test_lifecycle_groups_and_enabled_flag():
         assert host.vars["farm_enabled"] is (state in ("active", "expiring", "provisioning")), name
 
 
+def test_golden_nodes_stay_out_of_every_lifecycle_group():
+    golden = record("golden-el9")
+    golden["slot"]["extra"] = {"purpose": "golden"}
+    inv = populate(make_plugin(), farm_data(("hv1", "test:///x/hv1.xml", [record("s1"), golden], "")))
+    assert group_hosts(inv, "farm_golden") == ["golden-el9"]
+    for state in STATES:
+        assert "golden-el9" not in group_hosts(inv, "farm_lifecycle_" + state)
+    assert inv.get_host("golden-el9").vars["farm_enabled"] is False
+    assert group_hosts(inv, "farm_lifecycle_active") == ["s1"]
+
+
 def test_host_variables():
     inv = populate(make_plugin(), farm_data(("hv1", "test:///x/hv1.xml", [record("s1", ssh_port=10022)], "")))
     hv = inv.get_host("s1").vars

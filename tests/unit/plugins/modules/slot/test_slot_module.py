@@ -149,3 +149,12 @@ def test_lvm_overlay_commands_and_rollback(image):
     assert "hv1-slot-07" not in [d.name() for d in conn.listAllDomains(0)]
     pool = conn.storagePoolLookupByName("default-pool")
     assert "hv1-slot-07-seed.iso" not in pool.listVolumes()
+
+
+@pytest.mark.parametrize(("purpose", "recorded"), [("golden", {"purpose": "golden"}), ("worker", {})])
+def test_purpose_is_recorded_for_golden_nodes_only(capsys, image, purpose, recorded):
+    result = run_main(
+        capsys, name="hv1-golden", image={"path": image}, purpose=purpose, _ansible_check_mode=True, _ansible_diff=True
+    )
+    assert result["changed"]
+    assert {k: v for k, v in result["slots"][0]["metadata"]["extra"].items() if k == "purpose"} == recorded
