@@ -97,31 +97,15 @@ class SlotResult:
 
 
 def read_metadata(dom: Any) -> Optional[SlotMetadata]:
-    """A domain's slot metadata, or None when the domain is not a slot.
-
-    ``virDomain.metadata()`` returns the element without its namespace; it is put back
-    (as the root's default namespace) before :func:`from_xml` reads it.
-    """
+    """A domain's slot metadata, or None when the domain is not a slot (one metadata() call)."""
     text = slot_metadata_xml(dom)
-    if not text:
-        return None
-    head = text.lstrip()
-    if head.startswith("<slot") and "xmlns" not in head[: head.find(">")]:
-        head = head.replace("<slot", f'<slot xmlns="{NAMESPACE}"', 1)
-    return from_xml(head)
+    return from_xml(text) if text else None
 
 
 def metadata_for_libvirt(meta: SlotMetadata) -> str:
-    """:func:`to_xml` without the namespace, as ``virDomain.setMetadata()`` wants it.
-
-    libvirt adds the namespace (with ``PREFIX``) itself and fails with "failed to create a
-    new XML namespace" when the element already declares it.
-    """
-    root = ET.fromstring(to_xml(meta))
-    for element in root.iter():
-        if element.tag.startswith("{"):
-            element.tag = element.tag.split("}", 1)[1]
-    return ET.tostring(root, encoding="unicode")
+    """The metadata element as ``virDomain.setMetadata()`` wants it: without the namespace,
+    which libvirt adds itself (with ``PREFIX``)."""
+    return to_xml(meta, namespaced=False)
 
 
 # -- images -------------------------------------------------------------------------------
