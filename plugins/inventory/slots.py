@@ -133,7 +133,7 @@ hypervisors:
     name: hv02
     ssh_host: 192.0.2.12
 timeout: 5
-
+---
 # farm.farm.slots.yml: every host of the group "hypervisors" from an earlier inventory source,
 # with Slurm's view merged, cached for five minutes
 plugin: batchvirt.farm.slots

@@ -285,10 +285,10 @@ options:
     type: str
   purpose:
     description:
-      - V(worker) for a batch worker. V(golden) for a golden node (see P(batchvirt.farm.golden_node#role)):
-        it is recorded in the metadata, and the P(batchvirt.farm.slots#inventory) inventory puts such a VM
-        in the group C(farm_golden) only, never in a lifecycle group, so rolling updates and recycling
-        never touch it.
+      - V(worker) for a batch worker, V(golden) for a golden node (see P(batchvirt.farm.golden_node#role)).
+      - A golden node is recorded as such in the metadata, and the P(batchvirt.farm.slots#inventory)
+        inventory puts it in the group C(farm_golden) only, never in a lifecycle group, so rolling
+        updates and recycling never touch it.
     type: str
     choices: [worker, golden]
     default: worker
