@@ -109,9 +109,11 @@ def _render_batch_size(active: int, expiring: int, share: float, serial: str = "
     expr = plays[0]["vars"]["__farm_rolling_update_batch_size"]
     variables = {
         "groups": {
-            "farm_lifecycle_active": [f"a{i}" for i in range(active)],
-            "farm_lifecycle_expiring": [f"e{i}" for i in range(expiring)],
+            "farm_lifecycle_active": [f"a{i}" for i in range(active)] + ["other-a"],
+            "farm_lifecycle_expiring": [f"e{i}" for i in range(expiring)] + ["other-e"],
+            "scope": [f"a{i}" for i in range(active)] + [f"e{i}" for i in range(expiring)],
         },
+        "farm_ops_scope": "scope",  # slots outside the scope count for nothing
         "farm_rolling_update_min_capacity_share": share,
         "farm_rolling_update_serial": serial,
     }
