@@ -439,7 +439,7 @@ def destroy(farm: Optional[Farm], tmp: Optional[str] = None) -> List[str]:
         tmp = farm.tmp
     if tmp:
         stop_slurmctld(tmp)
-    for path in (IMAGE_ROOT, IMAGE_ROOT + ".cache"):
+    for path in (IMAGE_ROOT, IMAGE_ROOT + ".cache", SLURM_CONF_DIR):
         shutil.rmtree(path, ignore_errors=True)
     if tmp:
         shutil.rmtree(tmp, ignore_errors=True)
