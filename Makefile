@@ -79,8 +79,19 @@ test: ## everything CI runs: deps, venv, lint, sanity, unit, build, integration,
 quick: ## lint and unit tests only (seconds)
 	@scripts/steps.sh ruff mypy yamllint unit
 
-demo: deps venv link ## set up localhost as a one-hypervisor farm and show it
+DEMO_INVENTORY := -i playbooks/inventory/localhost.yml -i playbooks/inventory/demo.farm.slots.yml
+
+demo: deps venv link ## set up localhost as a one-hypervisor farm, show it, roll an update across it
 	$(BIN)/ansible-playbook -i playbooks/inventory/localhost.yml playbooks/demo.yml
+	@echo "== the lifecycle inventory before the rolling update"
+	$(BIN)/ansible-inventory -i playbooks/inventory/demo.farm.slots.yml --graph
+	@echo "== rolling update to version 2 (one slot at a time, no job killed)"
+	$(BIN)/ansible-playbook $(DEMO_INVENTORY) playbooks/rolling_update.yml \
+	  -e @/var/lib/batchvirt/demo/operations.yml -e farm_rolling_update_min_capacity_share=0.5 \
+	  -e farm_rolling_update_reason="demo security update"
+	@echo "== after the rolling update"
+	$(BIN)/ansible-inventory -i playbooks/inventory/demo.farm.slots.yml --graph
+	sinfo -N -l
 
 bench: deps venv link ## run every benchmark under bench/ (each prints a JSON line)
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
