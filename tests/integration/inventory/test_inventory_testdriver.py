@@ -71,20 +71,20 @@ def test_farm_groups_and_variables(tmp_path, inventory_file):
 
 
 def test_clock_from_the_environment(tmp_path, inventory_file):
-    hv1, _ = two_hypervisors(tmp_path)
+    hv1 = two_hypervisors(tmp_path)[0]
     run = run_inventory(inventory_file(hypervisors=[hv1]), env={"BATCHVIRT_FARM_NOW": "2026-11-22T00:30:00Z"})
     assert run.hosts("farm_lifecycle_draining") == ["hv1-s1", "hv1-s2", "hv1-s3"]
 
 
 def test_foreign_domains_when_asked(tmp_path, inventory_file):
-    hv1, _ = two_hypervisors(tmp_path)
+    hv1 = two_hypervisors(tmp_path)[0]
     run = run_inventory(inventory_file(hypervisors=[hv1], include_foreign=True, now=NOW))
     assert run.hosts("farm_foreign") == ["web"]
     assert run.hostvars("web")["farm_domain_state"] == "running"
 
 
 def test_unreachable_hypervisor_is_a_warning_and_a_variable(tmp_path, inventory_file):
-    hv1, _ = two_hypervisors(tmp_path)
+    hv1 = two_hypervisors(tmp_path)[0]
     run = run_inventory(inventory_file(hypervisors=[hv1, {"uri": UNREACHABLE, "name": "dead"}], now=NOW))
     assert "hypervisor dead left out: cannot connect to libvirt at qemu+tcp://127.0.0.1:1/system" in run.stderr
     assert run.hosts("farm_lifecycle_active") == ["hv1-s1"]
@@ -94,7 +94,7 @@ def test_unreachable_hypervisor_is_a_warning_and_a_variable(tmp_path, inventory_
 
 
 def test_fail_on_errors_fails_the_refresh(tmp_path, inventory_file):
-    hv1, _ = two_hypervisors(tmp_path)
+    hv1 = two_hypervisors(tmp_path)[0]
     config = inventory_file(hypervisors=[hv1, {"uri": UNREACHABLE, "name": "dead"}], fail_on_errors=True)
     message = "refresh failed (fail_on_errors is true): dead: cannot connect to libvirt"
     # AWX sets ANSIBLE_INVENTORY_UNPARSED_FAILED for inventory updates: the failure fails the sync
@@ -108,7 +108,7 @@ def test_fail_on_errors_fails_the_refresh(tmp_path, inventory_file):
 
 
 def test_a_hanging_hypervisor_is_given_up_after_the_timeout(tmp_path, inventory_file):
-    hv1, _ = two_hypervisors(tmp_path)
+    hv1 = two_hypervisors(tmp_path)[0]
     with socket.socket() as silent:  # accepts TCP connections (backlog) but never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
