@@ -11,7 +11,6 @@ never needs to be mounted on the hypervisor.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -21,9 +20,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file
+
 _VERSION_RE = re.compile(r"^(\d{8})\.(\d+)$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-CHUNK = 4 * 1024 * 1024
 
 
 class GoldenError(Exception):
@@ -126,19 +126,6 @@ def shutdown(
     )
 
 
-def _sha512_and_size(path: str) -> tuple[str, int]:
-    digest = hashlib.sha512()
-    size = 0
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(CHUNK)
-            if not block:
-                break
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
-
-
 def write_version(
     source_disk: str,
     directory: str,
@@ -168,7 +155,7 @@ def write_version(
         if os.path.exists(partial):
             os.unlink(partial)
         raise GoldenError("qemu-img convert of %s failed: %s" % (source_disk, (result.stderr or "").strip()))
-    sha512, size = _sha512_and_size(partial)
+    size, sha512 = hash_file(partial)
     os.chmod(partial, 0o644)
     os.rename(partial, final)
     description = {

@@ -28,6 +28,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._capacity import (
     qemu_overhead_for,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
+    DOMAIN_STATE_NAMES,
     default_domain_type,
     host_domain_types,
 )
@@ -522,16 +523,7 @@ def ensure_network(
 # hypervisor_info
 # ---------------------------------------------------------------------------------------
 _POOL_STATES = {0: "inactive", 1: "building", 2: "running", 3: "degraded", 4: "inaccessible"}
-_DOMAIN_STATES = {
-    0: "nostate",
-    1: "running",
-    2: "blocked",
-    3: "paused",
-    4: "shutdown",
-    5: "shutoff",
-    6: "crashed",
-    7: "pmsuspended",
-}
+_DOMAIN_STATES = DOMAIN_STATE_NAMES
 
 
 def pool_info(pool: Any) -> Dict[str, Any]:

@@ -20,7 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import FarmLibvirtError, connect
+from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
+    DOMAIN_STATE_NAMES,
+    FarmLibvirtError,
+    connect,
+)
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
     BatchView,
     LifecycleTimes,
@@ -41,16 +45,7 @@ except ImportError:  # pragma: no cover - reported by connect()
 
 # libvirt run states in which a domain counts as "not running" for the lifecycle.
 _STOPPED_STATES = frozenset((0, 5, 6))  # NOSTATE, SHUTOFF, CRASHED
-_STATE_NAMES = {
-    0: "nostate",
-    1: "running",
-    2: "blocked",
-    3: "paused",
-    4: "shutdown",
-    5: "shutoff",
-    6: "crashed",
-    7: "pmsuspended",
-}
+_STATE_NAMES = DOMAIN_STATE_NAMES
 
 
 def farm_now(override: Optional[str] = None) -> datetime.datetime:

@@ -31,6 +31,19 @@ LIBVIRT_ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
 }
 
 
+# virDomainState numbers and their names (virsh's words), for results and inventory variables.
+DOMAIN_STATE_NAMES: Dict[int, str] = {
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
+}
+
+
 class FarmLibvirtError(Exception):
     """A libvirt failure explained for a site admin."""
 
