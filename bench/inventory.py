@@ -10,10 +10,18 @@ real slot metadata (``_slot_metadata.to_xml``). Measured in one run, interleaved
 - floor: a plain Python script making only the libvirt calls (open, getAllDomainStats,
   metadata per domain, close) with the same concurrency;
 - community.libvirt's ``libvirt`` inventory plugin, one source per URI, from a separate venv
-  (``--community-venv``; skipped when missing);
-- latency: a few real libvirtd daemons in network namespaces reached over TCP with added
-  latency (tc netem), serving test-driver farms: the refresh must track the slowest
-  hypervisor, not the sum (``--latency``; needs root and ip).
+  (``--community-venv``, created on first use; ``--no-community`` skips it), on the same farm
+  files read in-process (``test:///...``);
+- network: the same farm files served by ``--network-daemons`` real libvirtd daemons (own network
+  and mount namespaces) over TCP with ``--network-rtt-ms`` of added round-trip latency, the way
+  an inventory host reaches its hypervisors: plugin, floor and community.libvirt again.
+  ``speedup_vs_community_libvirt`` is measured here; the in-process figure is reported beside
+  it (the in-process test driver makes community.libvirt's five calls per domain free);
+- latency: a few real libvirtd daemons with different latencies, one test-driver hypervisor
+  each: the refresh must track the slowest hypervisor, not the sum (``--latency``).
+
+The kernel here has no ``sch_netem``, so latency is added by a delaying TCP relay
+(:class:`DelayProxy`). Needs root (network namespaces) and libvirtd.
 
 Last line: one JSON object.
 """
@@ -224,22 +232,30 @@ def run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def latency_scenario(workdir: str, daemons: int, slots: int, delay_ms: float) -> Dict[str, float]:
-    """Real libvirtd daemons, each in its own network and mount namespace, serving a
-    test-driver farm over TCP; hypervisor i is reached through a relay that adds
-    ``delay_ms * (i + 1)`` of round-trip latency."""
+class Fleet:
+    """Real libvirtd daemons, each in its own network and mount namespace, listening on TCP.
 
-    procs = []
-    uris = []
-    created = []
-    proxy = DelayProxy()
-    try:
-        for i in range(daemons):
-            ns = f"bvtinv{os.getpid() % 10000}x{i}"
-            host_if, ns_if = f"bvi{i}h{os.getpid() % 1000}", f"bvi{i}n{os.getpid() % 1000}"
-            net = f"10.251.{i}"
+    Every daemon serves libvirt test-driver files by path (``test+tcp://host/path/hv.xml``: the
+    remote driver hands the path to the daemon, which opens the file with its test driver), so
+    the same farm files can be read in-process (``test:///...``) or over the network. Each daemon
+    is reached through a :class:`DelayProxy` relay on 127.0.0.1 that adds its round-trip latency.
+    """
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.procs: List[Any] = []
+        self.namespaces: List[str] = []
+        self.proxy = DelayProxy()
+        self.ports: List[int] = []
+
+    def start(self, count: int, rtt_ms: List[float]) -> None:
+        for i in range(count):
+            tag = f"{os.getpid() % 1000}{len(self.namespaces)}"
+            ns = f"bvtinv{tag}"
+            host_if, ns_if = f"bvih{tag}", f"bvin{tag}"
+            net = f"10.251.{len(self.namespaces)}"
             run("ip", "netns", "add", ns)
-            created.append(ns)
+            self.namespaces.append(ns)
             run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
             run("ip", "link", "set", ns_if, "netns", ns)
             run("ip", "addr", "add", f"{net}.1/30", "dev", host_if)
@@ -247,49 +263,80 @@ def latency_scenario(workdir: str, daemons: int, slots: int, delay_ms: float) ->
             run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{net}.2/30", "dev", ns_if)
             run("ip", "netns", "exec", ns, "ip", "link", "set", ns_if, "up")
             run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            state = os.path.join(workdir, f"libvirtd{i}")
+            state = os.path.join(self.workdir, f"libvirtd-{ns}")
             os.makedirs(state, exist_ok=True)
             conf = os.path.join(state, "libvirtd.conf")
             with open(conf, "w", encoding="utf-8") as fh:
                 fh.write(
                     f'listen_tcp = 1\nlisten_tls = 0\ntcp_port = "16509"\nlisten_addr = "{net}.2"\nauth_tcp = "none"\n'
-                    f'unix_sock_dir = "{state}"\nmax_workers = 20\nmax_clients = 200\n'
+                    f'unix_sock_dir = "{state}"\nmax_workers = 20\nmax_clients = 1000\nmax_anonymous_clients = 1000\n'
                 )
-            node = os.path.join(state, "node.xml")
-            hv = f"lat{i}"
-            write_test_node(
-                node,
-                [(f"{hv}-s{s:02d}", slot(f"{hv}-s{s:02d}", hv, ssh_port=10000 + s), True) for s in range(slots)],
-                seed=1000 + i,
-            )
             # a private mount namespace: this libvirtd's run/state dirs hide the system daemon's
             script = (
                 "set -e; for d in /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt; do "
                 "mkdir -p $d; mount -t tmpfs tmpfs $d; done; "
                 f"exec libvirtd --listen -f {conf} -p {state}/libvirtd.pid"
             )
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                stdout=subprocess.DEVNULL,
-                stderr=open(os.path.join(state, "stderr"), "w"),  # noqa: SIM115
+            self.procs.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(os.path.join(state, "stderr"), "w"),  # noqa: SIM115
+                )
             )
-            procs.append(proc)
-            # hypervisor i is slower than the others: i+1 times the base one-way delay
-            port = proxy.add((f"{net}.2", 16509), delay_ms * (i + 1) / 2000.0)
-            uris.append(f"test+tcp://127.0.0.1:{port}/{node}")
+            self.ports.append(self.proxy.add((f"{net}.2", 16509), rtt_ms[i] / 2000.0))
+
+    def uri(self, daemon: int, path: str) -> str:
+        return f"test+tcp://127.0.0.1:{self.ports[daemon]}{path}"
+
+    def wait(self, paths: List[str]) -> None:
+        """Until daemon i answers for ``paths[i]``."""
         import libvirt
 
         libvirt.registerErrorHandler(lambda *a: None, None)
         deadline = time.monotonic() + 120
-        for uri in uris:
+        for daemon, path in enumerate(paths):
             while True:
                 try:
-                    libvirt.openReadOnly(uri).close()
+                    libvirt.openReadOnly(self.uri(daemon, path)).close()
                     break
                 except libvirt.libvirtError:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.5)
+
+    def close(self) -> None:
+        self.proxy.close()
+        for proc in self.procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for ns in self.namespaces:
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
+
+
+def latency_scenario(workdir: str, daemons: int, slots: int, delay_ms: float) -> Dict[str, float]:
+    """Real libvirtd daemons reached over TCP, each serving one test-driver hypervisor of
+    ``slots`` slots; hypervisor i is reached through a relay that adds ``delay_ms * (i + 1)``
+    of round-trip latency."""
+
+    fleet = Fleet(workdir)
+    try:
+        fleet.start(daemons, [delay_ms * (i + 1) for i in range(daemons)])
+        nodes = []
+        for i in range(daemons):
+            hv = f"lat{i}"
+            node = os.path.join(workdir, f"lat{i}.xml")
+            write_test_node(
+                node,
+                [(f"{hv}-s{s:02d}", slot(f"{hv}-s{s:02d}", hv, ssh_port=10000 + s), True) for s in range(slots)],
+                seed=1000 + i,
+            )
+            nodes.append(node)
+        fleet.wait(nodes)
+        uris = [fleet.uri(i, node) for i, node in enumerate(nodes)]
         from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import read_farm
 
         named = [{"uri": uri, "name": f"lat{i}"} for i, uri in enumerate(uris)]
@@ -311,15 +358,89 @@ def latency_scenario(workdir: str, daemons: int, slots: int, delay_ms: float) ->
             "latency_ansible_inventory_s": listing_s,
         }
     finally:
-        proxy.close()
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for ns in created:
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
+        fleet.close()
+
+
+def community_venv(args: Any) -> str:
+    """community.libvirt's ``ansible-inventory``, in its own venv (created on first use)."""
+    binary = os.path.join(args.community_venv, "bin", "ansible-inventory")
+    if not os.path.exists(binary):
+        log(f"creating {args.community_venv} with ansible 12 (community.libvirt) and libvirt-python ...")
+        subprocess.run([sys.executable, "-m", "venv", args.community_venv], check=True)
+        subprocess.run(
+            [
+                os.path.join(args.community_venv, "bin", "pip"),
+                "install",
+                "-q",
+                "ansible-core==2.19.*",
+                "ansible>=12,<13",
+                "libvirt-python",
+            ],
+            check=True,
+        )
+    return binary
+
+
+def community_listing(workdir: str, label: str, uris: List[str], binary: str, hosts: int) -> None:
+    """``ansible-inventory --list`` over one community.libvirt source per URI."""
+    sources = os.path.join(workdir, f"community-{label}")
+    if not os.path.isdir(sources):
+        os.makedirs(sources)
+        for i, uri in enumerate(uris):
+            write_yaml(
+                os.path.join(sources, f"hv{i:03d}.libvirt.yml"), {"plugin": "community.libvirt.libvirt", "uri": uri}
+            )
+    env = dict(os.environ)
+    env.pop("ANSIBLE_COLLECTIONS_PATH", None)
+    got = len(json.loads(ansible_inventory(sources, binary=binary, env=env))["_meta"]["hostvars"])
+    assert got == hosts, f"community.libvirt listed {got} hosts ({label})"
+
+
+def network_scenario(
+    workdir: str, farm: str, local_uris: List[str], args: Any, community_bin: str, hosts: int
+) -> Dict[str, Any]:
+    """The same farm files served by a few real libvirtd daemons over TCP with added latency.
+
+    This is how an inventory host (AWX) reaches hypervisors. Hypervisor i is read through
+    daemon ``i % K``; every call to it is a network round trip, as on a real farm.
+    """
+    fleet = Fleet(workdir)
+    try:
+        count = args.network_daemons
+        fleet.start(count, [args.network_rtt_ms] * count)
+        paths = [uri[len("test://") :] for uri in local_uris]
+        fleet.wait(paths[:count])
+        uris = [fleet.uri(i % count, path) for i, path in enumerate(paths)]
+        config = {
+            "plugin": "batchvirt.farm.slots",
+            "hypervisors": [{"uri": uri, "name": os.path.basename(path)[:-4]} for uri, path in zip(uris, paths)],
+            "connect_concurrency": 20,
+        }
+        plugin_file = write_yaml(os.path.join(workdir, "network.farm.slots.yml"), config)
+        out: Dict[str, Any] = {"network_daemons": count, "network_rtt_ms": args.network_rtt_ms}
+
+        def plugin() -> None:
+            got = len(json.loads(ansible_inventory(plugin_file))["_meta"]["hostvars"])
+            assert got == hosts, f"the plugin listed {got} hosts over the network"
+
+        floor_cmd = [sys.executable, "-c", FLOOR, "metadata", *uris]
+        samples = {"plugin": [], "floor": []}  # type: Dict[str, List[float]]
+        for _round in range(max(1, args.rounds)):
+            samples["plugin"].append(timed(plugin))
+            samples["floor"].append(timed(subprocess.run, floor_cmd, check=True, capture_output=True))
+        out["network_plugin_s"] = round(statistics.median(samples["plugin"]), 3)
+        out["network_floor_s"] = round(statistics.median(samples["floor"]), 3)
+        log(
+            f"network ({count} libvirtd, {args.network_rtt_ms} ms RTT): plugin {out['network_plugin_s']} s, "
+            f"floor {out['network_floor_s']} s"
+        )
+        if community_bin:
+            seconds = timed(community_listing, workdir, "network", uris, community_bin, hosts)
+            out["network_community_libvirt_s"] = round(seconds, 3)
+            log(f"network: community.libvirt {seconds:.2f} s")
+        return out
+    finally:
+        fleet.close()
 
 
 def main() -> int:
@@ -333,6 +454,8 @@ def main() -> int:
     parser.add_argument("--latency-daemons", type=int, default=3)
     parser.add_argument("--latency-slots", type=int, default=20)
     parser.add_argument("--latency-ms", type=float, default=1.0)
+    parser.add_argument("--network-daemons", type=int, default=4, help="libvirtd daemons serving the farm (0: skip)")
+    parser.add_argument("--network-rtt-ms", type=float, default=1.0, help="round-trip latency added in front of each")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
 
@@ -392,30 +515,21 @@ def main() -> int:
         result["ratio_vs_floor"] = round(med["plugin"] / med["floor"], 3)
         result["cached_ratio_vs_static"] = round(med["cached"] / med["static"], 3)
 
-        community_bin = os.path.join(args.community_venv, "bin", "ansible-inventory")
+        community_bin = community_venv(args) if not args.no_community else ""
         result["speedup_vs_community_libvirt"] = None
-        if not args.no_community and os.path.exists(community_bin):
-            sources = os.path.join(workdir, "community")
-            os.makedirs(sources)
-            for i, uri in enumerate(uris):
-                write_yaml(
-                    os.path.join(sources, f"hv{i:03d}.libvirt.yml"), {"plugin": "community.libvirt.libvirt", "uri": uri}
+        if community_bin:
+            seconds = timed(community_listing, workdir, "in-process", uris, community_bin, hosts)
+            result["community_libvirt_in_process_s"] = round(seconds, 3)
+            result["speedup_vs_community_libvirt_in_process"] = round(seconds / med["plugin"], 2)
+            log(f"community.libvirt, in-process test driver: {seconds:.2f} s")
+
+        if args.network_daemons:
+            net = network_scenario(workdir, farm, uris, args, community_bin, hosts)
+            result.update(net)
+            if community_bin:
+                result["speedup_vs_community_libvirt"] = round(
+                    net["network_community_libvirt_s"] / net["network_plugin_s"], 2
                 )
-            env = dict(os.environ)
-            env.pop("ANSIBLE_COLLECTIONS_PATH", None)
-            listing = {}
-
-            def community() -> None:
-                listing["out"] = ansible_inventory(sources, binary=community_bin, env=env)
-
-            seconds = timed(community)
-            got = len(json.loads(listing["out"])["_meta"]["hostvars"])
-            assert got == hosts, f"community.libvirt listed {got} hosts"
-            result["community_libvirt_s"] = round(seconds, 3)
-            result["speedup_vs_community_libvirt"] = round(seconds / med["plugin"], 2)
-            log(f"community.libvirt: {seconds:.2f} s")
-        else:
-            log(f"community.libvirt skipped: {community_bin} not found")
 
         result["latency_ratio_vs_slowest"] = None
         if args.latency:
