@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._batch import BatchError, get_adapter, manage_nodes
 from tests.testbed.ansible import LOCALHOST, PlaybookResult, run_playbook
+from tests.testbed.processes import read_pid, stop_pid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CTLD_PORT = int(os.environ.get("BVT_SLURMCTLD_PORT", "26817"))
@@ -57,39 +57,12 @@ class SlurmCluster:
             self.slurmd_pids[node] = int(handle.read().strip())
 
     def stop_slurmd(self, node: str) -> None:
-        pid = self.slurmd_pids.pop(node, None)
-        if pid is None:
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        for _attempt in range(50):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
+        stop_pid(self.slurmd_pids.pop(node, None), timeout=5)
 
     def stop_controller(self) -> None:
         """Stop the role's slurmctld by its pid (the init script's stop would end every
         /usr/sbin/slurmctld on the machine, other tests' too)."""
-        pid_file = str(self.extravars["farm_batch_controller_pid_file"])
-        try:
-            with open(pid_file) as handle:
-                pid = int(handle.read().strip())
-        except (OSError, ValueError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        for _attempt in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
+        stop_pid(read_pid(str(self.extravars["farm_batch_controller_pid_file"])))
 
     def batch_node(self, check: bool = False, **args: object) -> Dict[str, object]:
         """Run the batch_node module once through ansible-runner; its result (ok or failed)."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from tests.testbed.ansible import LOCALHOST, ROOT, PlaybookResult, run_playbook
+from tests.testbed.processes import read_pid, stop_pid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PLAYBOOKS = os.path.join(HERE, "playbooks")
@@ -318,22 +319,7 @@ def start_slurmctld(tmp: str) -> None:
 
 
 def stop_slurmctld(tmp: str) -> None:
-    pid_file = os.path.join(tmp, "slurmctld.pid")
-    try:
-        with open(pid_file) as handle:
-            pid = int(handle.read().strip())
-    except (OSError, ValueError):
-        return
-    try:
-        os.kill(pid, 15)
-    except ProcessLookupError:
-        return
-    for _attempt in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
+    stop_pid(read_pid(os.path.join(tmp, "slurmctld.pid")))
 
 
 def guest_slurm_conf(text: str) -> str:
