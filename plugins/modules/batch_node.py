@@ -21,6 +21,7 @@ author:
   - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - batchvirt.farm.attributes
 attributes:
   check_mode:
     support: full
@@ -28,11 +29,8 @@ attributes:
     support: full
     details: The diff shows each node's state before and after.
   idempotent:
-    description: When run twice with the same arguments, the second run changes nothing.
     support: full
     details: Draining a node already draining with the same reason, or resuming a node that is not drained, changes nothing.
-  platform:
-    platforms: posix
 options:
   name:
     description:

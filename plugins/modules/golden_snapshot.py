@@ -22,17 +22,15 @@ author:
 extends_documentation_fragment:
   - batchvirt.farm.libvirt
   - ansible.builtin.action_common_attributes
+  - batchvirt.farm.attributes
 attributes:
   check_mode:
     support: full
     details: Reports the version that would be written; nothing is shut down or written.
   diff_mode:
     support: none
-  platform:
-    platforms: posix
   idempotent:
     support: partial
-    description: Whether a second run with the same options changes nothing.
     details: With an explicit O(version) that already exists nothing changes; without it every run writes a new version.
 options:
   name:

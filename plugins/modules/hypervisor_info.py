@@ -26,6 +26,7 @@ author:
 extends_documentation_fragment:
   - batchvirt.farm.libvirt
   - ansible.builtin.action_common_attributes
+  - batchvirt.farm.attributes
 attributes:
   check_mode:
     support: full
@@ -33,9 +34,7 @@ attributes:
     support: none
   idempotent:
     support: full
-    description: The module only reads; running it again returns the same unless the hypervisor changed.
-  platform:
-    platforms: posix
+    details: The module only reads; running it again returns the same unless the hypervisor changed.
 options:
   config_path:
     description:

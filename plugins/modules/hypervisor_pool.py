@@ -22,16 +22,12 @@ author:
 extends_documentation_fragment:
   - batchvirt.farm.libvirt
   - ansible.builtin.action_common_attributes
+  - batchvirt.farm.attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
-  idempotent:
-    support: full
-    description: A second run with the same options changes nothing and reports no change.
-  platform:
-    platforms: posix
 options:
   name:
     description: Pool name.

@@ -24,6 +24,7 @@ author:
   - batchvirt.farm maintainers (@batchvirt)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - batchvirt.farm.attributes
 attributes:
   check_mode:
     support: full
@@ -32,9 +33,7 @@ attributes:
     details: The diff shows the list's JSON before and after.
   idempotent:
     support: full
-    description: A second run with the same inputs leaves the file untouched and reports no change.
-  platform:
-    platforms: posix
+    details: A second run with the same inputs leaves the file untouched and reports no change.
 requirements:
   - cryptography (Python, on the host that signs)
   - the C(openssl) command (reads the already published list)

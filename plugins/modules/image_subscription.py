@@ -27,6 +27,7 @@ author:
   - batchvirt.farm maintainers (@batchvirt)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - batchvirt.farm.attributes
 attributes:
   check_mode:
     support: full
@@ -35,9 +36,7 @@ attributes:
     support: none
   idempotent:
     support: full
-    description: Accepting the same list version again records nothing new and reports no change.
-  platform:
-    platforms: posix
+    details: Accepting the same list version again records nothing new and reports no change.
 requirements:
   - the C(openssl) command (verifies the S/MIME signature)
   - cryptography (Python; reads the signer certificate)

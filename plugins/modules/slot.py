@@ -28,6 +28,7 @@ author:
 extends_documentation_fragment:
   - batchvirt.farm.libvirt
   - ansible.builtin.action_common_attributes
+  - batchvirt.farm.attributes
 attributes:
   check_mode:
     support: full
@@ -36,10 +37,8 @@ attributes:
     details:
       - The domain XML before and after, and the metadata before and after a drain request.
   idempotent:
-    description: Running the module again with the same options changes nothing (metadata times never move).
     support: full
-  platform:
-    platforms: posix
+    details: The metadata times (created, drain, deadline) never move on a rerun.
 options:
   name:
     description:
