@@ -7,9 +7,14 @@ with tbf to the SAME rate in both directions.  For N = 1, 4, 8, 16:
 - http: all N fetch the image at once with curl from the server (the server's uplink is the
   bottleneck, so the time grows about N x);
 - bittorrent: the server runs opentracker, a Range-capable HTTP server (the BEP-19 web seed)
-  and an aria2c seeder; each hypervisor runs what the ``image`` module runs:
-  ``_torrent.fetch`` (aria2c), a sha512 check (the image cache's), then
-  ``_torrent.start_seeding``.  Time = until the last hypervisor holds a verified image.
+  and an origin seeder (``_torrent.start_seeding``); each hypervisor runs what the ``image``
+  module runs with ``seed_for_seconds``: ``_torrent.fetch`` (the libtorrent engine, which keeps
+  seeding once complete), a sha512 check (the image cache's), the move into place, then
+  ``_torrent.start_seeding`` (points the same engine at the final path).  Time = until the last
+  hypervisor holds a verified image.
+
+BVT_TRACE=1 prints the server's upload once a second and, per hypervisor, the bytes it got from
+each peer (198.18.0.1 is the server: origin seeder and web seed).
 
 The floor is size / link rate (one link's worth of transfer).  The last line is JSON.
 
@@ -27,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Dict, List
 
@@ -66,8 +72,23 @@ def _wait_all(procs: List[subprocess.Popen], timeout: float, what: str) -> float
             raise RuntimeError(f"{what}: not done after {timeout} s") from None
         if proc.returncode != 0:
             err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+            err += proc.stdout.read().decode()[-500:] if proc.stdout else ""
             raise RuntimeError(f"{what}: a hypervisor failed (rc {proc.returncode}): {err}")
     return time.monotonic() - start
+
+
+def _trace(ns: str, procs: List[subprocess.Popen], status: str, base: int, size: int) -> None:  # type: ignore[type-arg]
+    """BVT_TRACE: once a second, the server's upload (wire and the origin seeder's payload)."""
+    started = time.monotonic()
+    while any(p.poll() is None for p in procs):
+        with open(status) as handle:
+            seeder = json.load(handle)
+        print(
+            f"trace {time.monotonic() - started:5.1f}s server {(_tx_bytes(ns) - base) / size:5.2f} copies, "
+            f"origin payload {seeder['uploaded'] / size:5.2f}, origin peers {seeder['peers']}",
+            file=sys.stderr,
+        )
+        time.sleep(1)
 
 
 def _tx_bytes(ns: str) -> int:
@@ -82,6 +103,8 @@ def _tx_bytes(ns: str) -> int:
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     counts = [int(n) for n in args.counts.split(",")]
+    settings = {k: int(v) for k, v in (item.split("=", 1) for item in args.setting)}
+    origin_settings = {k: int(v) for k, v in (item.split("=", 1) for item in args.origin_setting)}
     size = args.size_mib * 1024 * 1024
     floor = size * 8 / (args.rate_mbit * 1e6)
     cleanups: List[Callable[[], None]] = []
@@ -135,7 +158,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             f"import sys; sys.path[:0] = [{COLLECTIONS!r}]\n"
             "from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent\n"
             f"_torrent.start_seeding({meta['path']!r}, {image!r}, 3600, "
-            f"state_dir={os.path.join(tmp, 'srv-state')!r}, tracker_interval=5)\n"
+            f"state_dir={os.path.join(tmp, 'srv-state')!r}, super_seeding={args.origin_super_seeding!r}, "
+            f"engine_settings={origin_settings!r})\n"
         )
         subprocess.run([*lab.prefix(srv), sys.executable, "-c", seed_code], check=True)
         for n in counts:
@@ -168,14 +192,19 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     subprocess.Popen(
                         [*lab.prefix(ns), sys.executable, HYPERVISOR, meta["path"], os.path.join(hv, "image.raw"),
                          str(size), sha512, os.path.join(hv, "state"), str(args.run_timeout), "300",
-                         json.dumps(args.aria2c_arg)],
+                         json.dumps(settings)],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     )
                 )  # fmt: skip
+            if os.environ.get("BVT_TRACE"):
+                status = os.path.join(tmp, "srv-state", meta["info_hash"] + ".status")
+                threading.Thread(target=_trace, args=(srv, procs, status, tx_before, size), daemon=True).start()
             seconds = _wait_all(procs, args.run_timeout + 10, f"bittorrent n={n}")
-            each = sorted(
-                json.loads(p.stdout.read().decode().strip().splitlines()[-1])["seconds"] for p in procs if p.stdout
-            )
+            outs = [json.loads(p.stdout.read().decode().strip().splitlines()[-1]) for p in procs if p.stdout]
+            each = sorted(out["seconds"] for out in outs)
+            if os.environ.get("BVT_TRACE"):
+                for out in outs:
+                    print(f"sources {sorted(out['sources'].items())}", file=sys.stderr)
             result.setdefault("bittorrent_slowest_fetch_seconds", {})[str(n)] = round(each[-1], 2)
             print(f"bittorrent  n={n:2d}: each hypervisor {[round(x, 1) for x in each]}", file=sys.stderr)
             result["bittorrent_seconds"][str(n)] = round(seconds, 2)
@@ -212,7 +241,13 @@ def main() -> int:
     parser.add_argument("--counts", default="1,4,8,16", help="numbers of hypervisors")
     parser.add_argument("--piece-kib", type=int, default=0, help="piece length; default: make_torrent's choice")
     parser.add_argument("--no-web-seed", action="store_true", help="torrent without the server's URL")
-    parser.add_argument("--aria2c-arg", action="append", default=[], help="extra aria2c option for the fetch")
+    parser.add_argument(
+        "--setting", action="append", default=[], help="extra libtorrent setting NAME=INT for the hypervisors"
+    )
+    parser.add_argument(
+        "--origin-setting", action="append", default=[], help="extra libtorrent setting NAME=INT for the origin seeder"
+    )
+    parser.add_argument("--origin-super-seeding", action="store_true", help="BEP-16 super-seeding on the origin")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds allowed per run")
     args = parser.parse_args()

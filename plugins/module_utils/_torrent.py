@@ -1,9 +1,12 @@
 """Private to batchvirt.farm: BitTorrent transport for images (publish, fetch, seed).
 
-Engine: ``aria2c`` (Debian/RHEL package ``aria2``) downloads, checks every piece against the
-torrent's SHA-1 piece hashes, uses the image server as a BEP-19 web seed, and seeds for a given
-time.  Torrent metadata is created and read with the pure-Python ``torf`` library (PyPI), so no
-bencoding is written here.  The tracker is any existing one (``opentracker`` from Debian).
+Engine: libtorrent's Python binding (Debian ``python3-libtorrent``, EPEL
+``rb_libtorrent-python3``, PyPI ``libtorrent``), run as ONE detached process per torrent and host
+that downloads, checks every piece against the torrent's SHA-1 piece hashes, uses the image
+server as a BEP-19 web seed when no peer delivers, and keeps seeding for a given time.  That
+process is this very file run as a script (see :class:`_Engine`).  Torrent metadata is created
+and read with the pure-Python ``torf`` library (PyPI), so no bencoding is written here.  The
+tracker is any existing one (``opentracker`` from Debian).
 
 Public functions:
 
@@ -11,11 +14,10 @@ Public functions:
   the image's HTTP URL as web seed.
 - :func:`fetch` (hypervisor): download the image a ``magnet:`` URI or a ``.torrent`` (path,
   ``file://`` or ``http(s)://`` URL) describes into a partial path; the caller (the image cache)
-  verifies size and sha512 and moves it into place.
-- :func:`start_seeding` / :func:`stop_seeding` / :func:`seeding_status`: a detached ``aria2c``
-  process per torrent with a pidfile in a state directory, ended by ``--seed-time``; a later run
-  finds it by its pidfile.  For a seeder supervised by the service manager, see the
-  ``batchvirt.farm.image_seeder`` role, whose command line comes from :func:`aria2c_seed_args`.
+  verifies size and sha512 and moves it into place while the engine already serves the pieces.
+- :func:`start_seeding` / :func:`stop_seeding` / :func:`seeding_status`: the engine process of a
+  torrent, with a pidfile and a job file in a state directory, ended at its seeding end time; a
+  later run finds it by its pidfile and updates its job (new path, new end) without a restart.
 """
 
 from __future__ import annotations
@@ -24,34 +26,17 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Sequence
 
-from ansible.module_utils.urls import open_url
-
 DEFAULT_STATE_DIR = "/var/lib/batchvirt/torrent"
 DEFAULT_LISTEN_PORT = "6881-6999"
-ARIA2C = "aria2c"
-# aria2c exit codes worth naming (see aria2c(1), "EXIT STATUS").
-_ARIA2C_EXIT = {
-    1: "unknown error",
-    2: "time out",
-    3: "resource not found",
-    6: "network problem",
-    7: "unfinished downloads",
-    9: "not enough disk space",
-    12: "the same download is already running",
-    13: "the output file already exists",
-    15: "could not open the output file",
-    16: "could not create the output file",
-    24: "HTTP authorization failed",
-    26: "could not parse the torrent file",
-    27: "the magnet URI is bad",
-}
 
 
 class TorrentError(Exception):
@@ -74,16 +59,6 @@ def _torf() -> Any:
             "'pip install torf' (it is listed in the collection's requirements.txt)"
         ) from exc
     return torf
-
-
-def _aria2c(explicit: Optional[str] = None) -> str:
-    path = shutil.which(explicit or ARIA2C)
-    if path is None:
-        raise TorrentError(
-            message=f"'{explicit or ARIA2C}' was not found: install the 'aria2' package "
-            "(apt-get install aria2 / dnf install aria2) on the hypervisor"
-        )
-    return path
 
 
 # -- metadata ---------------------------------------------------------------------------------
@@ -193,6 +168,8 @@ def _obtain_torrent(source: str, work_dir: str, timeout: float) -> str:
     """A local path to the .torrent that ``source`` names (downloaded when it is a URL)."""
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme in ("http", "https"):
+        from ansible.module_utils.urls import open_url  # noqa: PLC0415 (the engine runs without Ansible)
+
         target = os.path.join(work_dir, "source.torrent")
         try:
             with open_url(source, timeout=timeout) as resp, open(target, "wb") as out:
@@ -227,27 +204,458 @@ def _tail(path: str, lines: int = 8) -> str:
     return " | ".join(kept[-lines:])
 
 
-def _common_args(listen_port: str, opts: Dict[str, Any]) -> List[str]:
-    args = [
-        f"--listen-port={listen_port}",
-        f"--enable-dht={'true' if opts.get('dht') else 'false'}",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=true",
-        "--summary-interval=0",
-        "--console-log-level=warn",
-        "--show-console-readout=false",
-        "--auto-file-renaming=false",
-        "--allow-overwrite=true",
-        "--file-allocation=falloc",
-    ]
-    if opts.get("tracker_interval"):
-        args.append(f"--bt-tracker-interval={int(opts['tracker_interval'])}")
-    if opts.get("max_upload_limit"):
-        args.append(f"--max-overall-upload-limit={opts['max_upload_limit']}")
-    if opts.get("trackers"):
-        args.append("--bt-tracker=" + ",".join(opts["trackers"]))
-    args.extend(opts.get("extra_args") or [])
-    return args
+# -- the engine (libtorrent) ------------------------------------------------------------------
+#
+# One detached engine process per torrent on a host downloads AND keeps seeding: fetch() starts
+# it and returns as soon as the file is complete (every piece SHA-1 checked, written out); the
+# same process goes on serving the pieces while the image cache checks the sha512 and moves
+# the file into place; start_seeding() then tells it the file's new path and end time through
+# its job file.  There is no gap in which a finished hypervisor uploads nothing.
+#
+# The engine is THIS file run as a script (``python _torrent.py JOBFILE``): it needs only the
+# standard library and libtorrent, so it is copied into the state directory, where it outlives
+# the module's temporary AnsiballZ directory.
+
+ENGINE_VERSION = "1"
+
+
+def _lt() -> Any:
+    try:
+        import libtorrent  # noqa: PLC0415 (optional dependency, checked at use)
+    except ImportError as exc:
+        raise TorrentError(
+            message="the Python binding of libtorrent is required for BitTorrent images: install "
+            "python3-libtorrent (Debian/Ubuntu), rb_libtorrent-python3 (EPEL) or 'pip install libtorrent' "
+            "for the Python that runs the modules"
+        ) from exc
+    return libtorrent
+
+
+def _free_port(spec: str) -> int:
+    """The first port of ``spec`` (``"6881-6999"`` or ``"6881"``) nothing listens on."""
+    low, _sep, high = str(spec).partition("-")
+    first, last = int(low), int(high or low)
+    for port in range(first, last + 1):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise TorrentError(message=f"listen_port {spec}: every port of the range is in use")
+
+
+def engine_settings(lt: Any, job: Dict[str, Any]) -> Dict[str, Any]:
+    """libtorrent settings for a farm swarm: every peer is ours (no free-riders), so every
+    interested peer is unchoked, requests are pipelined deeply, and peers connect fast.  TCP
+    only (uTP's delay-based congestion control backs off on shaped links); no DHT, no local peer
+    discovery, no UPnP/NAT-PMP: nothing leaves the farm."""
+    alerts = lt.alert.category_t
+    settings: Dict[str, Any] = {
+        "listen_interfaces": f"0.0.0.0:{int(job['port'])}",
+        "enable_dht": bool(job.get("dht")),
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_utp": False,
+        "choking_algorithm": 0,  # fixed_slots_choker ...
+        "unchoke_slots_limit": -1,  # ... with unlimited slots: unchoke every interested peer
+        "max_out_request_queue": int(job.get("request_queue", 1500)),
+        "max_allowed_in_request_queue": 4000,
+        "request_queue_time": int(job.get("request_queue_time", 3)),
+        "tick_interval": 100,
+        "connection_speed": 500,
+        "torrent_connect_boost": 100,
+        "peer_connect_timeout": 3,
+        "min_reconnect_time": 1,
+        "allow_multiple_connections_per_ip": True,
+        "active_downloads": -1,
+        "active_seeds": -1,
+        "active_limit": -1,
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
+        "urlseed_wait_retry": 5,
+        "rate_limit_ip_overhead": False,
+        "upload_rate_limit": int(job.get("max_upload_limit") or 0),
+        "download_rate_limit": int(job.get("max_download_limit") or 0),
+        "user_agent": "batchvirt.farm/libtorrent-" + str(getattr(lt, "__version__", "")),
+        "alert_mask": alerts.error_notification | alerts.storage_notification | alerts.status_notification,
+    }
+    settings.update(job.get("settings") or {})
+    return settings
+
+
+def _write_json(path: str, data: Dict[str, Any]) -> None:
+    with open(path + ".tmp", "w") as handle:
+        json.dump(data, handle, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class _Engine:
+    """The engine process: one libtorrent session with one torrent (see the section comment)."""
+
+    def __init__(self, job_path: str) -> None:
+        lt = _lt()
+        self.lt = lt
+        self.job_path = job_path
+        self.base = job_path[: -len(".job")]
+        job = _read_json(job_path)
+        if job is None:
+            raise SystemExit(f"cannot read the job file {job_path}")
+        self.job = job
+        self.job_mtime = os.path.getmtime(job_path)
+        self.stopping = False
+        self.done = False
+        self.flushing = False
+        self.error = ""
+        self.error_since = 0.0
+        self.web_seeds: List[str] = []
+        self.web_added = False
+        self.sources: Dict[str, int] = {}
+        self.started = time.time()
+        self.last_progress = time.monotonic()
+        self.last_bytes = 0
+        self.ses = lt.session(engine_settings(lt, job))
+        # Rate limits apply to every peer: libtorrent exempts "local" ones (private ranges, where a
+        # farm's hypervisors live) by default.
+        every = lt.ip_filter()
+        every.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+        self.ses.set_peer_class_filter(every)
+        self.handle = self._add(job, bool(job.get("seed_mode")))
+
+    def _add(self, job: Dict[str, Any], seed_mode: bool) -> Any:
+        lt = self.lt
+        atp = lt.add_torrent_params()
+        if job.get("torrent"):
+            ti = lt.torrent_info(job["torrent"])
+            self.web_seeds = [s["url"] for s in ti.web_seeds()] + list(job.get("web_seeds") or [])
+            ti.set_web_seeds([])  # added later, only when no peer delivers (see _tick)
+            ti.rename_file(0, job["name"])
+            atp.ti = ti
+        else:
+            atp = lt.parse_magnet_uri(job["magnet"])
+            atp.renamed_files = {0: job["name"]}
+            self.web_seeds = list(job.get("web_seeds") or [])
+        atp.save_path = job["save_path"]
+        atp.flags &= ~lt.torrent_flags.auto_managed & ~lt.torrent_flags.paused
+        if seed_mode:
+            atp.flags |= lt.torrent_flags.seed_mode
+        if job.get("super_seeding"):
+            atp.flags |= lt.torrent_flags.super_seeding
+        handle = self.ses.add_torrent(atp)
+        if not seed_mode and job.get("torrent") and int(job.get("spread", 7)) > 1:
+            self._spread(handle, atp.ti.num_pieces(), int(job.get("spread", 7)))
+        for url in job.get("trackers") or []:
+            handle.add_tracker({"url": url, "tier": 0})
+        self.web_added = False
+        self.last_progress = time.monotonic()
+        return handle
+
+    @staticmethod
+    def _spread(handle: Any, pieces: int, levels: int) -> None:
+        """Start at a random piece and prefer the pieces after it (priorities ``levels``..1
+        around the file).  Hypervisors starting together then ask the origin for DIFFERENT
+        pieces, which they trade among themselves, instead of all fetching the same rarest
+        pieces from it (each duplicate the origin sends delays the whole swarm)."""
+        import random  # noqa: PLC0415
+
+        start = random.randrange(pieces)
+        handle.prioritize_pieces([levels - ((p - start) % pieces) * levels // pieces for p in range(pieces)])
+
+    def _status(self, state: str) -> None:
+        st = self.handle.status()
+        if not self.done:  # where the payload came from (peer address -> bytes), for the logs
+            for peer in self.handle.get_peer_info():
+                self.sources[peer.ip[0]] = max(self.sources.get(peer.ip[0], 0), int(peer.total_download))
+        _write_json(
+            self.base + ".status",
+            {
+                "pid": os.getpid(),
+                "state": state,
+                "done": self.done,
+                "error": self.error,
+                "progress": round(float(st.progress), 4),
+                "downloaded": int(st.total_payload_download),
+                "uploaded": int(st.total_payload_upload),
+                "failed_bytes": int(st.total_failed_bytes),
+                "peers": int(st.num_peers),
+                "web_seeds": self.web_added,
+                "save_path": self.job["save_path"],
+                "name": self.job["name"],
+                "until": self.job.get("until"),
+                "time": round(time.time(), 3),
+                "sources": self.sources,
+            },
+        )
+
+    def _reload_job(self) -> None:
+        try:
+            mtime = os.path.getmtime(self.job_path)
+        except OSError:
+            self.stopping = True  # the job was withdrawn
+            return
+        if mtime == self.job_mtime:
+            return
+        job = _read_json(self.job_path)
+        if job is None:
+            return
+        self.job_mtime = mtime
+        moved = (job["save_path"], job["name"]) != (self.job["save_path"], self.job["name"])
+        self.job = job
+        if moved:
+            # The image cache moved the verified file into place: serve it from there.
+            self.ses.remove_torrent(self.handle)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                alert = self.ses.wait_for_alert(200)
+                if alert is not None and any(
+                    isinstance(a, self.lt.torrent_removed_alert) for a in self.ses.pop_alerts()
+                ):
+                    break
+            self.error = ""
+            self.handle = self._add(job, seed_mode=True)
+            self.handle.force_reannounce()
+
+    def _alerts(self) -> None:
+        lt = self.lt
+        for alert in self.ses.pop_alerts():
+            if isinstance(alert, lt.file_error_alert):
+                self.error = f"{alert.filename}: {alert.message()}"
+                self.error_since = time.monotonic()
+            elif isinstance(alert, lt.torrent_error_alert):
+                self.error = alert.message()
+                self.error_since = time.monotonic()
+            elif isinstance(alert, lt.cache_flushed_alert) and self.flushing:
+                self.flushing = False
+                self.done = True
+            elif isinstance(alert, lt.metadata_received_alert) and not self.job.get("torrent"):
+                ti = self.handle.torrent_file()
+                data = lt.bencode(lt.create_torrent(ti).generate())
+                with open(self.base + ".torrent.tmp", "wb") as handle:
+                    handle.write(data)
+                os.replace(self.base + ".torrent.tmp", self.base + ".torrent")
+
+    def _tick(self) -> str:
+        st = self.handle.status()
+        now = time.monotonic()
+        if int(st.total_payload_download) > self.last_bytes:
+            self.last_bytes = int(st.total_payload_download)
+            self.last_progress = now
+        if st.is_seeding and not self.done and not self.flushing:
+            self.flushing = True  # done once the pieces are written out (cache_flushed_alert)
+            self.handle.flush_cache()
+        if not st.is_seeding and not self.web_added and self.web_seeds:
+            delay = float(self.job.get("web_seed_delay", 3))
+            idle = now - self.last_progress
+            checking = st.state in (st.checking_files, st.checking_resume_data)
+            # No peer at all for `delay` s (a lone hypervisor, a swarm that has gone), or peers
+            # that deliver nothing for 5 x `delay` s: ask the image server.  Not sooner: every
+            # byte the web seed sends is a byte the origin's uplink does not send to the swarm.
+            if not checking and ((int(st.num_peers) == 0 and idle >= delay) or idle >= 5 * delay):
+                for url in self.web_seeds:
+                    self.handle.add_url_seed(url)
+                self.web_added = True
+        if self.done and not self.error and not os.path.exists(os.path.join(self.job["save_path"], self.job["name"])):
+            self.error = f"{self.job['save_path']}/{self.job['name']} vanished"  # expired or refused
+            self.error_since = now
+        if st.state in (st.checking_files, st.checking_resume_data):
+            return "checking"
+        return "seeding" if self.done else "downloading"
+
+    def run(self) -> int:
+        last_status = 0.0
+        while not self.stopping:
+            self.ses.wait_for_alert(100)
+            self._alerts()
+            self._reload_job()
+            if self.stopping:
+                break
+            state = self._tick()
+            if self.error:
+                state = "error"
+                # A seeder whose file vanished (expired, refused by the cache) ends unless the
+                # job names a new path soon.
+                if self.done and time.monotonic() - self.error_since > 30:
+                    break
+                if not self.done:
+                    self._status(state)
+                    return 1
+            until = self.job.get("until")
+            if self.done and until is not None and time.time() >= float(until):
+                break
+            if time.monotonic() - last_status >= 0.2 or self.done:
+                self._status(state)
+                last_status = time.monotonic()
+        self._status("stopped")
+        return 0
+
+
+def _engine_main(argv: List[str]) -> int:
+    import warnings  # noqa: PLC0415
+
+    # libtorrent 2.x flags torrent_info's in-place edits as deprecated; they work in 2.0 and 2.1.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    if len(argv) != 1 or not argv[0].endswith(".job"):
+        sys.stderr.write("usage: _torrent.py JOBFILE.job\n")
+        return 2
+    engine = _Engine(argv[0])
+
+    def _stop(*_args: Any) -> None:
+        engine.stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return engine.run()
+
+
+# -- fetching and seeding (the caller's side) -------------------------------------------------
+
+
+def _state_paths(state_dir: str, info_hash: str) -> Dict[str, str]:
+    base = os.path.join(state_dir, info_hash)
+    return {
+        "pid": base + ".pid",
+        "state": base + ".json",
+        "log": base + ".log",
+        "torrent": base + ".torrent",
+        "job": base + ".job",
+        "status": base + ".status",
+    }
+
+
+def _own_source() -> str:
+    loader = globals().get("__loader__")
+    if loader is not None and hasattr(loader, "get_source"):
+        try:
+            source = loader.get_source(__name__)
+        except Exception:  # noqa: BLE001 (any loader failure: fall back to the file)
+            source = None
+        if source:
+            return str(source)
+    with open(__file__) as handle:
+        return handle.read()
+
+
+def _engine_script(state_dir: str) -> str:
+    """This file, copied into ``state_dir`` so that the engine outlives the module's temp dir."""
+    path = os.path.join(state_dir, f"bvt-torrent-engine-{ENGINE_VERSION}.py")
+    source = _own_source()
+    try:
+        with open(path) as handle:
+            if handle.read() == source:
+                return path
+    except OSError:
+        pass
+    with open(path + ".tmp", "w") as handle:
+        handle.write(source)
+    os.chmod(path + ".tmp", 0o644)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def _pid_alive(pid: int, marker: str) -> bool:
+    """True when ``pid`` runs and its command line mentions ``marker`` (guards against pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read().decode("utf-8", "replace")
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    # An empty command line: the process is between fork and exec (just launched), not gone.
+    return state != b"Z" and (marker in cmdline or not cmdline)
+
+
+def _running_pid(paths: Dict[str, str], info_hash: str) -> int:
+    try:
+        with open(paths["pid"]) as handle:
+            pid = int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+    return pid if pid and _pid_alive(pid, info_hash) else 0
+
+
+def _job(info_hash: str, data_path: str, until: Optional[float], opts: Dict[str, Any]) -> Dict[str, Any]:
+    save_path, name = os.path.split(os.path.abspath(data_path))
+    return {
+        "info_hash": info_hash,
+        "save_path": save_path,
+        "name": name,
+        "until": until,
+        "port": _free_port(str(opts.get("listen_port") or DEFAULT_LISTEN_PORT)),
+        "trackers": list(opts.get("trackers") or []),
+        "web_seeds": list(opts.get("web_seeds") or []),
+        "web_seed_delay": float(opts.get("web_seed_delay", 3)),
+        "dht": bool(opts.get("dht")),
+        "super_seeding": bool(opts.get("super_seeding")),
+        "max_upload_limit": int(opts.get("max_upload_limit") or 0),
+        "max_download_limit": int(opts.get("max_download_limit") or 0),
+        "settings": dict(opts.get("engine_settings") or {}),
+    }
+
+
+def _launch(state_dir: str, info_hash: str, job: Dict[str, Any]) -> int:
+    """Start the engine for ``job`` detached (its own session, re-parented to init); its pid."""
+    paths = _state_paths(state_dir, info_hash)
+    script = _engine_script(state_dir)
+    for key in ("status", "pid"):
+        if os.path.exists(paths[key]):
+            os.unlink(paths[key])
+    _write_json(paths["job"], job)
+    # A shell starts the engine in the background and exits: the engine is re-parented to init
+    # (no zombie in the caller), in its own session (no signal from the caller's terminal/job).
+    launcher = 'exec 0</dev/null 1>>"$LOG" 2>&1; "$@" & echo $! >"$PIDFILE"'
+    env = dict(os.environ, PIDFILE=paths["pid"], LOG=paths["log"])
+    cmd = [sys.executable, script, paths["job"]]
+    subprocess.run(["/bin/sh", "-c", launcher, "sh"] + cmd, env=env, start_new_session=True, check=True)
+    with open(paths["pid"]) as handle:
+        return int(handle.read().strip())
+
+
+def _record(
+    info: Dict[str, Any], paths: Dict[str, str], pid: int, data_path: str, until: Optional[float]
+) -> Dict[str, Any]:
+    record = {
+        "info_hash": info["info_hash"],
+        "name": info["name"],
+        "pid": pid,
+        "data_path": os.path.abspath(data_path),
+        "torrent": paths["torrent"],
+        "started": round(time.time(), 3),
+        "until": round(until, 3) if until else None,
+        "log": paths["log"],
+    }
+    _write_json(paths["state"], record)
+    return record
+
+
+def _engine_said(paths: Dict[str, str]) -> str:
+    status = _read_json(paths["status"]) or {}
+    parts = []
+    if status.get("error"):
+        parts.append(str(status["error"]))
+    if status:
+        parts.append(
+            f"{status.get('state')}, {100 * float(status.get('progress') or 0):.0f}% verified, "
+            f"{status.get('peers', 0)} peers, web seeds {'in use' if status.get('web_seeds') else 'not used'}"
+        )
+        if status.get("failed_bytes"):
+            parts.append(f"{status['failed_bytes']} bytes failed the piece hash check and were discarded")
+    tail = _tail(paths["log"])
+    if tail:
+        parts.append(tail)
+    return "; ".join(parts) or "nothing"
 
 
 def fetch(
@@ -260,35 +668,43 @@ def fetch(
 ) -> Dict[str, Any]:
     """Download the single-file torrent ``source`` into ``dest_partial_path``.
 
-    Every piece is checked against the torrent's SHA-1 piece hashes as it arrives (pieces from a
-    peer with bad data are discarded and fetched again); a partial file from an interrupted run
-    is re-checked and resumed.  ``size`` is compared with the torrent before anything is
-    downloaded.  ``sha512`` is NOT computed here (that would read the image a second time): the
-    image cache verifies it before the image becomes ready.
+    A detached engine process (libtorrent) downloads, checks every piece against the torrent's
+    SHA-1 piece hashes as it arrives (pieces from a peer with bad data are discarded and fetched
+    again), and returns here as soon as the file is complete and written out.  With
+    ``seed_for_seconds`` the same process goes on seeding (no gap while the caller verifies and
+    moves the file; :func:`start_seeding` then points it at the final path), otherwise it ends.
+    A partial file from an interrupted run is re-checked and resumed.  ``size`` is compared with
+    the torrent before anything is downloaded.  ``sha512`` is NOT computed here: the image cache
+    verifies it before the image becomes ready.
 
-    Options (``opts``): ``state_dir`` (where the .torrent is kept for seeding; default
-    ``/var/lib/batchvirt/torrent``), ``listen_port`` (``"6881-6999"``), ``trackers`` and
-    ``web_seeds`` (extra, added to the torrent's), ``tracker_interval`` (seconds),
-    ``max_upload_limit``, ``dht`` (false), ``aria2c`` (the binary), ``extra_args``.
+    Options (``opts``): ``state_dir`` (engine state and kept .torrent files; default
+    ``/var/lib/batchvirt/torrent``), ``listen_port`` (``"6881-6999"``: the first free port),
+    ``trackers`` and ``web_seeds`` (extra, added to the torrent's), ``web_seed_delay`` (seconds
+    without data from any peer before the web seeds are used; 3), ``seed_for_seconds``,
+    ``max_upload_limit`` / ``max_download_limit`` (bytes/s), ``dht`` (false),
+    ``engine_settings`` (extra libtorrent settings).
 
     Raises :class:`TorrentError` naming ``source`` on a timeout or any failure.
     """
     del sha512  # verified by the caller (see above)
-    aria2c = _aria2c(opts.get("aria2c"))
+    lt = _lt()
     state_dir = opts.get("state_dir") or DEFAULT_STATE_DIR
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
-    dest_dir, dest_name = os.path.split(os.path.abspath(dest_partial_path))
-    os.makedirs(dest_dir, exist_ok=True)
+    dest_partial_path = os.path.abspath(dest_partial_path)
+    os.makedirs(os.path.dirname(dest_partial_path), exist_ok=True)
     started = time.monotonic()
     work = tempfile.mkdtemp(prefix="bvt-torrent-", dir=state_dir)
-    log_path = os.path.join(work, "aria2c.log")
     try:
         info: Optional[Dict[str, Any]] = None
         if _is_magnet(source):
-            target = source
+            try:
+                info_hash = str(lt.parse_magnet_uri(source).info_hashes.v1)
+            except Exception as exc:  # noqa: BLE001 (the binding raises RuntimeError and others)
+                raise TorrentError(message=f"{source}: not a valid magnet URI: {exc}") from None
         else:
             target = _obtain_torrent(source, work, timeout)
             info = read_torrent(target)
+            info_hash = info["info_hash"]
             if not info["single_file"]:
                 raise TorrentError(message=f"{source}: the torrent holds several files; an image torrent must hold one")
             if size is not None and info["size"] != int(size):
@@ -296,108 +712,78 @@ def fetch(
                     message=f"{source}: the torrent describes {info['size']} bytes but the image list says "
                     f"{size}; the torrent is not for this image version"
                 )
-        cmd = [aria2c, f"--dir={dest_dir}", f"--index-out=1={dest_name}", "--seed-time=0", "--check-integrity=true"]
-        cmd += _common_args(str(opts.get("listen_port") or DEFAULT_LISTEN_PORT), opts)
-        # One HTTP connection per hypervisor to the web seed, at random pieces: N hypervisors
-        # starting together then fetch different pieces from it (which they trade among
-        # themselves) instead of all streaming the same first megabytes (measured: the image
-        # server sent 4.9 copies for 16 hypervisors with aria2c's defaults, 2.75 with these).
-        cmd += [
-            "--bt-save-metadata=true",
-            "--split=1",
-            "--max-connection-per-server=1",
-            "--stream-piece-selector=random",
-        ]
-        if opts.get("web_seeds") and info is not None:
-            # With -T, URIs given beside the torrent are extra (web seed) sources for its file.
-            cmd += ["-T", target] + list(opts["web_seeds"])
-        else:
-            cmd.append(target)
-        remaining = max(1.0, timeout - (time.monotonic() - started))
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-            try:
-                rc = proc.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                proc.terminate()  # aria2c saves its control file: a rerun resumes
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                done = os.path.exists(dest_partial_path + ".aria2") or os.path.exists(dest_partial_path)
+        paths = _state_paths(state_dir, info_hash)
+        stop_seeding(info_hash, state_dir)  # an engine of an earlier run for this torrent
+        if info is not None:
+            shutil.copyfile(target, paths["torrent"] + ".tmp")
+            os.replace(paths["torrent"] + ".tmp", paths["torrent"])
+        seed_for = float(opts.get("seed_for_seconds") or 0)
+        # Seeding continues until start_seeding() sets the real end; without it, until the
+        # download's deadline plus the seeding time (a bound, should the caller die).
+        until = time.time() + timeout + seed_for if seed_for > 0 else 0.0
+        job = _job(info_hash, dest_partial_path, until, opts)
+        job.update(torrent=paths["torrent"] if info is not None else "", magnet="" if info else source)
+        pid = _launch(state_dir, info_hash, job)
+        deadline = started + timeout
+        while True:
+            status = _read_json(paths["status"]) or {}
+            if status.get("done"):
+                break
+            if status.get("state") == "error":
+                stop_seeding(info_hash, state_dir)
+                raise TorrentError(message=f"fetching {source} into {dest_partial_path} failed: {_engine_said(paths)}")
+            if not _pid_alive(pid, info_hash):
+                time.sleep(0.2)  # a status written just before it ended normally
+                status = _read_json(paths["status"]) or {}
+                if status.get("done"):
+                    break
+                raise TorrentError(
+                    message=f"fetching {source} into {dest_partial_path} failed: the BitTorrent engine "
+                    f"exited: {_engine_said(paths)}"
+                )
+            if time.monotonic() > deadline:
+                said = _engine_said(paths)
+                stop_seeding(info_hash, state_dir)
+                kept = os.path.exists(dest_partial_path)
                 raise TorrentError(
                     message=f"timed out after {timeout:g} s fetching {source} into {dest_partial_path} "
-                    f"({'partial data kept for a resume' if done else 'nothing downloaded'}); no peer or web "
-                    f"seed delivered verified pieces in time. Engine said: {_tail(log_path) or 'nothing'}"
-                ) from None
-        if rc != 0:
-            raise TorrentError(
-                message=f"fetching {source} into {dest_partial_path} failed: aria2c exit {rc} "
-                f"({_ARIA2C_EXIT.get(rc, 'error')}): {_tail(log_path)}"
-            )
-        if info is None:  # a magnet: aria2c saved the metadata as <info hash>.torrent in dest_dir
-            saved = [n for n in os.listdir(dest_dir) if n.endswith(".torrent") and len(n) == 48]
-            if not saved:
-                raise TorrentError(message=f"{source}: aria2c did not save the torrent metadata")
-            target = os.path.join(work, "source.torrent")
-            shutil.move(os.path.join(dest_dir, saved[0]), target)
-            info = read_torrent(target)
+                    f"({'partial data kept for a resume' if kept else 'nothing downloaded'}); no peer or web "
+                    f"seed delivered verified pieces in time. Engine said: {said}"
+                )
+            time.sleep(0.05)
+        if info is None:  # a magnet: the engine saved the metadata as <info hash>.torrent
+            info = read_torrent(paths["torrent"])
         actual = os.path.getsize(dest_partial_path) if os.path.exists(dest_partial_path) else -1
-        if actual != info["size"] or os.path.exists(dest_partial_path + ".aria2"):
+        if actual != info["size"]:
+            stop_seeding(info_hash, state_dir)
             raise TorrentError(
-                message=f"fetching {source}: aria2c finished but {dest_partial_path} holds {actual} of "
+                message=f"fetching {source}: the engine finished but {dest_partial_path} holds {actual} of "
                 f"{info['size']} bytes; the download is incomplete"
             )
-        kept = os.path.join(state_dir, info["info_hash"] + ".torrent")
-        shutil.copyfile(target, kept + ".tmp")
-        os.replace(kept + ".tmp", kept)
+        if seed_for > 0:
+            _record(info, paths, pid, dest_partial_path, until)
+        else:
+            _forget(paths)
         return dict(
             info,
             source=source,
             path=dest_partial_path,
-            torrent=kept,
-            engine="aria2c",
+            torrent=paths["torrent"],
+            engine="libtorrent",
             verified="piece-sha1",
+            downloaded=int(status.get("downloaded") or 0),
+            sources=dict(status.get("sources") or {}),
+            seeding=seed_for > 0,
             elapsed=round(time.monotonic() - started, 3),
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-# -- seeding ----------------------------------------------------------------------------------
-
-
-def aria2c_seed_args(
-    listen_port: str = DEFAULT_LISTEN_PORT,
-    seed_for_seconds: Optional[float] = None,
-    verify: bool = False,
-    **opts: Any,
-) -> List[str]:
-    """The aria2c options of a seeder (without the torrent): seed-ratio ignored, ended only by
-    ``seed_for_seconds`` (``None`` or 0: seed until stopped)."""
-    args = ["--seed-ratio=0.0", f"--check-integrity={'true' if verify else 'false'}"]
-    args.append(f"--bt-seed-unverified={'false' if verify else 'true'}")
-    if seed_for_seconds:
-        args.append(f"--seed-time={seed_for_seconds / 60.0:.4f}")
-    return args + _common_args(listen_port, opts)
-
-
-def _pid_alive(pid: int, marker: str) -> bool:
-    """True when ``pid`` runs and its command line mentions ``marker`` (guards against pid reuse)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            cmdline = handle.read().decode("utf-8", "replace")
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state != b"Z" and marker in cmdline
-
-
-def _state_paths(state_dir: str, info_hash: str) -> Dict[str, str]:
-    base = os.path.join(state_dir, info_hash)
-    return {"pid": base + ".pid", "state": base + ".json", "log": base + ".log", "torrent": base + ".torrent"}
+def _forget(paths: Dict[str, str]) -> None:
+    for key in ("pid", "state", "job", "status"):
+        if os.path.exists(paths[key]):
+            os.unlink(paths[key])
 
 
 def seeding_status(state_dir: str = DEFAULT_STATE_DIR) -> List[Dict[str, Any]]:
@@ -408,10 +794,8 @@ def seeding_status(state_dir: str = DEFAULT_STATE_DIR) -> List[Dict[str, Any]]:
     for name in sorted(os.listdir(state_dir)):
         if not name.endswith(".json"):
             continue
-        try:
-            with open(os.path.join(state_dir, name)) as handle:
-                record = json.load(handle)
-        except (OSError, ValueError):
+        record = _read_json(os.path.join(state_dir, name))
+        if record is None or "info_hash" not in record:
             continue
         record["running"] = _pid_alive(int(record.get("pid", 0)), record["info_hash"])
         result.append(record)
@@ -419,25 +803,18 @@ def seeding_status(state_dir: str = DEFAULT_STATE_DIR) -> List[Dict[str, Any]]:
 
 
 def stop_seeding(info_hash: str, state_dir: str = DEFAULT_STATE_DIR, wait: float = 10.0) -> bool:
-    """Stop the seeder of ``info_hash``; True when one was running."""
+    """Stop the engine of ``info_hash`` (seeding or downloading); True when one was running."""
     paths = _state_paths(state_dir, info_hash)
-    try:
-        with open(paths["pid"]) as handle:
-            pid = int(handle.read().strip() or 0)
-    except (OSError, ValueError):
-        return False
-    running = _pid_alive(pid, info_hash)
-    if running:
+    pid = _running_pid(paths, info_hash)
+    if pid:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + wait
         while _pid_alive(pid, info_hash) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
         if _pid_alive(pid, info_hash):
             os.kill(pid, signal.SIGKILL)
-    for key in ("pid", "state"):
-        if os.path.exists(paths[key]):
-            os.unlink(paths[key])
-    return running
+    _forget(paths)
+    return bool(pid)
 
 
 def start_seeding(
@@ -450,57 +827,51 @@ def start_seeding(
     **opts: Any,
 ) -> Dict[str, Any]:
     """Seed ``data_path`` (described by the .torrent ``torrent``) for ``seed_for_seconds`` from now,
-    in a detached aria2c process that outlives the caller (its own session, parent init).
+    in a detached engine process that outlives the caller (its own session, parent init).
 
-    Idempotent: when a seeder for the same torrent and file already runs until at least the
-    requested end (within a minute), it is kept (``changed`` false); otherwise it is replaced.
-    ``verify`` re-checks every piece before seeding (reads the whole image once); off by
-    default because the image cache has just verified the file's sha512.
+    When the engine of a :func:`fetch` with ``seed_for_seconds`` still runs, it is told the
+    file's new path and end time (no restart, no gap in seeding).  Idempotent: when an engine
+    already seeds the same file until at least the requested end (within a minute), it is kept
+    (``changed`` false).  ``verify`` re-checks every piece before seeding (reads the whole image
+    once); off by default because the image cache has just verified the file's sha512.
     """
-    aria2c = _aria2c(opts.get("aria2c"))
+    _lt()
     info = read_torrent(torrent)
     if not os.path.isfile(data_path) or os.path.getsize(data_path) != info["size"]:
         raise TorrentError(message=f"cannot seed {torrent}: {data_path} is missing or is not {info['size']} bytes")
     if seed_for_seconds <= 0:
         raise TorrentError(message=f"seed_for_seconds must be positive, got {seed_for_seconds}")
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
-    paths = _state_paths(state_dir, info["info_hash"])
-    now = time.time()
-    until = now + seed_for_seconds
-    for record in seeding_status(state_dir):
-        if record["info_hash"] == info["info_hash"] and record["running"]:
-            if record.get("data_path") == os.path.abspath(data_path) and record.get("until", 0) >= until - 60:
-                return dict(record, changed=False)
-            break
-    stop_seeding(info["info_hash"], state_dir)
+    ih = info["info_hash"]
+    paths = _state_paths(state_dir, ih)
+    until = time.time() + seed_for_seconds
+    data_path = os.path.abspath(data_path)
+    pid = _running_pid(paths, ih)
+    job = _read_json(paths["job"]) if pid else None
+    if pid and job is not None:
+        record = _read_json(paths["state"]) or {}
+        same = os.path.join(job["save_path"], job["name"]) == data_path
+        if same and record.get("until") and float(record["until"]) >= until - 60:
+            return dict(record, running=True, changed=False)
+        save_path, name = os.path.split(data_path)
+        job.update(save_path=save_path, name=name, until=until, seed_mode=True)
+        _write_json(paths["job"], job)  # the engine rereads it: relocates and/or extends
+        return dict(_record(info, paths, pid, data_path, until), running=True, changed=True)
+    stop_seeding(ih, state_dir)
     if os.path.abspath(torrent) != paths["torrent"]:
         shutil.copyfile(torrent, paths["torrent"] + ".tmp")
         os.replace(paths["torrent"] + ".tmp", paths["torrent"])
-    data_dir, data_name = os.path.split(os.path.abspath(data_path))
-    cmd = [aria2c, f"--dir={data_dir}", f"--index-out=1={data_name}"]
-    cmd += aria2c_seed_args(listen_port, seed_for_seconds, verify, **opts)
-    cmd += [f"--log={paths['log']}", "--log-level=notice", paths["torrent"]]
-    # A shell starts aria2c in the background and exits: aria2c is re-parented to init (no
-    # zombie in the caller), in its own session (no signal from the caller's terminal/job).
-    launcher = 'exec 0</dev/null 1>/dev/null 2>&1; "$@" & echo $! >"$PIDFILE"'
-    env = dict(os.environ, PIDFILE=paths["pid"])
-    subprocess.run(["/bin/sh", "-c", launcher, "sh"] + cmd, env=env, start_new_session=True, check=True)
-    with open(paths["pid"]) as handle:
-        pid = int(handle.read().strip())
-    record = {
-        "info_hash": info["info_hash"],
-        "name": info["name"],
-        "pid": pid,
-        "data_path": os.path.abspath(data_path),
-        "torrent": paths["torrent"],
-        "started": round(now, 3),
-        "until": round(until, 3),
-        "log": paths["log"],
-    }
-    with open(paths["state"] + ".tmp", "w") as handle:
-        json.dump(record, handle, sort_keys=True)
-    os.replace(paths["state"] + ".tmp", paths["state"])
-    time.sleep(0.2)
-    if not _pid_alive(pid, info["info_hash"]):
-        raise TorrentError(message=f"the seeder for {torrent} exited at once: {_tail(paths['log'])}")
+    job = _job(ih, data_path, until, dict(opts, listen_port=listen_port))
+    job.update(torrent=paths["torrent"], magnet="", seed_mode=not verify)
+    pid = _launch(state_dir, ih, job)
+    record = _record(info, paths, pid, data_path, until)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not os.path.exists(paths["status"]) and _pid_alive(pid, ih):
+        time.sleep(0.05)
+    if not _pid_alive(pid, ih):
+        raise TorrentError(message=f"the seeder for {torrent} exited at once: {_engine_said(paths)}")
     return dict(record, running=True, changed=True)
+
+
+if __name__ == "__main__":
+    sys.exit(_engine_main(sys.argv[1:]))

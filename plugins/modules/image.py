@@ -19,7 +19,8 @@ description:
     from an explicit O(source) with O(sha512) and O(size).
   - Transports are V(file://), V(http://) and V(https://) (resumable with HTTP C(Range), so a rerun
     after an interrupted download continues where it stopped), and BitTorrent (V(magnet:) links
-    and V(.torrent) sources) when the collection's BitTorrent transport is installed.
+    and V(.torrent) sources) when the collection's BitTorrent transport and libtorrent's Python
+    binding (C(python3-libtorrent)) are installed.
   - Every change holds the cache's one lock, so two pre-stage runs on one hypervisor never
     overlap; the second waits up to O(lock_timeout) seconds, then fails naming the holder.
   - O(state=absent) removes one version, and O(state=pruned) every version no subscribed list
@@ -145,8 +146,11 @@ options:
     description:
       - Options passed to the BitTorrent transport for V(magnet:) and V(.torrent) sources (see the
         collection's C(docs/images-bittorrent.md)), for example C(trackers), C(state_dir),
-        C(listen_port), C(total_timeout) (seconds for the whole download, default 3600) and
-        C(seed_for_seconds) (keep seeding the ready image for that long, from a detached process).
+        C(listen_port), C(total_timeout) (seconds for the whole download, default 3600),
+        C(web_seed_delay) (seconds without data from any peer before the image server's URL is
+        used, default 3) and C(seed_for_seconds) (keep seeding the ready image for that long; the
+        detached libtorrent process that downloaded it goes on seeding, also while the image is
+        verified, and outlives the play).
       - Ignored for other sources.
     type: dict
     default: {}

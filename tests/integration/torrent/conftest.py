@@ -1,4 +1,4 @@
-"""Fixtures of the BitTorrent tests: a real opentracker, a Range-capable HTTP server (the web
+"""Fixtures of the BitTorrent tests (engine: libtorrent): a real opentracker, a Range-capable HTTP server (the web
 seed), images of random bytes, and network namespaces; all removed by ``hostbed``."""
 
 from __future__ import annotations
@@ -120,8 +120,12 @@ class Tracker:
 
 @pytest.fixture
 def swarm(hostbed) -> Swarm:  # type: ignore[no-untyped-def]
-    if shutil.which("aria2c") is None or shutil.which("opentracker") is None:
-        pytest.fail("aria2c and opentracker are needed (bindep.txt, profile test: aria2, opentracker)")
+    if shutil.which("opentracker") is None:
+        pytest.fail("opentracker is needed (bindep.txt, profile test: opentracker)")
+    try:
+        import libtorrent  # noqa: F401
+    except ImportError:
+        pytest.fail("libtorrent's Python binding is needed (requirements.txt: libtorrent)")
     return Swarm(hostbed)
 
 

@@ -2,7 +2,7 @@
 ``image`` module does with a BitTorrent source — fetch into a partial path, check sha512 as the
 image cache does, move into place, keep seeding for a while.  Prints one JSON line.
 
-    python hypervisor.py SOURCE DEST SIZE SHA512 STATE_DIR TIMEOUT SEED_SECONDS [ARIA2C_ARGS_JSON]
+    python hypervisor.py SOURCE DEST SIZE SHA512 STATE_DIR TIMEOUT SEED_SECONDS [ENGINE_SETTINGS_JSON]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent  # 
 
 def main() -> int:
     source, dest, size, sha512, state_dir, timeout, seed_seconds = sys.argv[1:8]
-    extra = json.loads(sys.argv[8]) if len(sys.argv) > 8 else []
+    settings = json.loads(sys.argv[8]) if len(sys.argv) > 8 else {}
     partial = dest + ".part"
     started = time.monotonic()
     try:
@@ -32,8 +32,8 @@ def main() -> int:
             sha512,
             float(timeout),
             state_dir=state_dir,
-            tracker_interval=2,
-            extra_args=extra,
+            seed_for_seconds=float(seed_seconds),
+            engine_settings=settings,
         )
     except _torrent.TorrentError as exc:
         print(json.dumps({"failed": True, "msg": exc.message}))
@@ -47,11 +47,17 @@ def main() -> int:
         return 1
     os.replace(partial, dest)
     seconds = time.monotonic() - started
-    seeder = _torrent.start_seeding(
-        result["torrent"], dest, float(seed_seconds), state_dir=state_dir, tracker_interval=2
-    )
+    seeder = _torrent.start_seeding(result["torrent"], dest, float(seed_seconds), state_dir=state_dir)
     print(
-        json.dumps({"failed": False, "seconds": seconds, "seeder_pid": seeder["pid"], "info_hash": result["info_hash"]})
+        json.dumps(
+            {
+                "failed": False,
+                "seconds": seconds,
+                "seeder_pid": seeder["pid"],
+                "info_hash": result["info_hash"],
+                "sources": result.get("sources", {}),
+            }
+        )
     )
     return 0
 

@@ -47,8 +47,7 @@ def test_swarm_of_hypervisors_in_namespaces(swarm, netlab):
         [*netlab.prefix(server), sys.executable, "-c",
          "import sys, json; sys.path[:0] = [sys.argv[1]];"
          "from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent;"
-         "print(json.dumps(_torrent.start_seeding(sys.argv[2], sys.argv[3], 120, state_dir=sys.argv[4],"
-         " tracker_interval=2)))",
+         "print(json.dumps(_torrent.start_seeding(sys.argv[2], sys.argv[3], 120, state_dir=sys.argv[4])))",
          os.path.join(HERE, "..", "..", "..", "build", "collections"), meta["path"], image, origin_state],
         capture_output=True, text=True, check=False,
     )  # fmt: skip

@@ -1,16 +1,21 @@
-"""BitTorrent transport against a real opentracker and aria2c: web seed only, a corrupted seeder,
-timeouts, size mismatch, seeding that outlives the caller, and resume after a kill."""
+"""BitTorrent transport against a real opentracker and the libtorrent engine: web seed only, a
+corrupted seeder, timeouts, size mismatch, seeding that outlives the caller, one engine that
+downloads and goes on seeding from the moved file, and resume after a kill."""
 
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
+from tests.integration.torrent.conftest import free_port
 
 
 def test_web_seed_only_completes(swarm):
@@ -29,7 +34,8 @@ def test_web_seed_only_completes(swarm):
     assert result["info_hash"] == meta["info_hash"]
     assert result["verified"] == "piece-sha1"
     assert os.path.isfile(result["torrent"])
-    assert not os.path.exists(dest + ".aria2")
+    assert result["engine"] == "libtorrent" and result["downloaded"] >= os.path.getsize(image)
+    assert not result["seeding"] and _torrent.seeding_status(swarm.state_dir("hv1")) == []
 
 
 def test_make_torrent_is_idempotent(swarm):
@@ -58,31 +64,28 @@ def test_corrupted_seeder_never_yields_a_verified_file(swarm):
         for offset in range(half, len(data), 4096):  # flip a byte in every page of the 2nd half
             data[offset] ^= 0xFF
         out.write(data)
-    # The bad seeder does not check its own data (that is how a broken disk slips through).
-    seeder = _torrent.start_seeding(meta["path"], bad, 120, state_dir=swarm.state_dir("bad"), verify=False)
-    assert seeder["running"]
+    # The bad peer sends its data unchecked (aria2c, as the image_seeder role runs it, with
+    # --bt-seed-unverified; a libtorrent seeder would hash each piece on first read and refuse).
+    seeder = subprocess.Popen(
+        ["aria2c", f"--dir={os.path.dirname(bad)}", "--index-out=1=image.raw", "--seed-ratio=0.0",
+         "--check-integrity=false", "--bt-seed-unverified=true", f"--listen-port={free_port()}",
+         "--enable-dht=false", "--bt-enable-lpd=false", "--bt-tracker-interval=1", "--console-log-level=warn",
+         "--summary-interval=0", meta["path"]],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    swarm.bed.process(seeder)
     dest = os.path.join(swarm.tmp, "hv1", "image.raw.part")
-    log = os.path.join(swarm.tmp, "aria2c-debug.log")
     with pytest.raises(_torrent.TorrentError) as err:
-        _torrent.fetch(
-            meta["path"],
-            dest,
-            len(data),
-            None,
-            timeout=8,
-            state_dir=swarm.state_dir("hv1"),
-            extra_args=[f"--log={log}", "--log-level=info"],
-        )
+        _torrent.fetch(meta["path"], dest, len(data), None, timeout=8, state_dir=swarm.state_dir("hv1"))
     assert "timed out after 8 s fetching " + meta["path"] in err.value.message
     assert "no peer or web seed delivered verified pieces" in err.value.message
     assert not (os.path.exists(dest) and filecmp.cmp(dest, image, shallow=False))
     # The bad peer was really used: blocks of the corrupted half came from it, and were refused.
-    bad_piece = half // meta["piece_length"]
-    with open(log) as handle:
-        engine_log = handle.read()
-    received = {int(i) for i in re.findall(r"From: \S+ piece index=(\d+), begin=", engine_log)}
-    assert any(i >= bad_piece for i in received), f"no corrupted piece ever came from the seeder: {sorted(received)}"
-    assert os.path.exists(dest + ".aria2"), "the incomplete download must stay marked incomplete"
+    failed = re.search(r"(\d+) bytes failed the piece hash check and were discarded", err.value.message)
+    assert failed and int(failed.group(1)) >= meta["piece_length"], err.value.message
+    # Only pieces of the good half were accepted (libtorrent then bans the peer for its bad data).
+    verified = re.search(r"downloading, (\d+)% verified", err.value.message)
+    assert verified and int(verified.group(1)) <= 50, err.value.message
 
 
 def test_no_source_times_out_with_a_clear_message(swarm):
@@ -124,8 +127,8 @@ def test_bad_torrent_source_is_named(swarm):
 
 
 def test_seeder_outlives_the_caller_is_found_again_and_ends(swarm):
-    """start_seeding leaves a detached aria2c (its own session, a pidfile); a rerun finds it
-    (not changed); --seed-time ends it by itself."""
+    """start_seeding leaves a detached engine (its own session, a pidfile); a rerun finds it
+    (not changed), a longer time updates the same process; it ends by itself at its end time."""
     image = swarm.image(size=1024 * 1024)
     meta = _torrent.make_torrent(image, ["http://127.0.0.1:9/announce"], [])
     state = swarm.state_dir("seed")
@@ -137,7 +140,12 @@ def test_seeder_outlives_the_caller_is_found_again_and_ends(swarm):
     again = _torrent.start_seeding(meta["path"], image, 6, state_dir=state)
     assert not again["changed"] and again["pid"] == first["pid"]
     longer = _torrent.start_seeding(meta["path"], image, 600, state_dir=state)
-    assert longer["changed"] and longer["pid"] != first["pid"]
+    assert longer["changed"] and longer["pid"] == first["pid"], "the same engine is told its new end"
+    status_path = os.path.join(state, meta["info_hash"] + ".status")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _status(status_path).get("until") != longer["until"]:
+        time.sleep(0.1)
+    assert abs(_status(status_path)["until"] - longer["until"]) < 0.01
     assert [r["running"] for r in _torrent.seeding_status(state)] == [True]
     assert _torrent.stop_seeding(meta["info_hash"], state)
     assert _torrent.seeding_status(state) == []
@@ -157,28 +165,66 @@ def test_seeding_refuses_wrong_data(swarm):
     assert f"{other} is missing or is not {1024 * 1024} bytes" in err.value.message
 
 
+def _status(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
 def test_killed_download_resumes(swarm):
-    """A fetch killed mid-way leaves partial data; a rerun re-checks it and completes."""
+    """A fetch stopped mid-way leaves partial data; a rerun re-checks it and fetches only the rest."""
     image = swarm.image(size=16 * 1024 * 1024)
     base = swarm.http(os.path.dirname(image))
     meta = _torrent.make_torrent(image, [], [f"{base}/image.raw"])
     dest = os.path.join(swarm.tmp, "hv1", "image.raw.part")
     state = swarm.state_dir("hv1")
-    limited = ["--max-overall-download-limit=2M"]
     with pytest.raises(_torrent.TorrentError) as err:
-        _torrent.fetch(meta["path"], dest, None, None, timeout=3, state_dir=state, extra_args=limited)
+        _torrent.fetch(meta["path"], dest, None, None, timeout=3, state_dir=state, web_seed_delay=0,
+                       max_download_limit=2 * 1024 * 1024)  # fmt: skip
     assert "partial data kept for a resume" in err.value.message
-    assert os.path.exists(dest + ".aria2")
-    result = _torrent.fetch(meta["path"], dest, None, None, timeout=30, state_dir=state)
+    assert os.path.exists(dest) and not filecmp.cmp(dest, image, shallow=False)
+    assert _torrent.seeding_status(state) == [] and not os.path.exists(os.path.join(state, meta["info_hash"] + ".pid"))
+    result = _torrent.fetch(meta["path"], dest, None, None, timeout=30, state_dir=state, web_seed_delay=0)
     assert filecmp.cmp(dest, image, shallow=False)
     assert result["size"] == os.path.getsize(image)
+    assert 0 < result["downloaded"] < result["size"], "the rerun must keep the verified pieces it had"
+
+
+def test_one_engine_downloads_then_seeds_the_moved_file(swarm):
+    """With seed_for_seconds the engine that downloaded keeps running; after the caller moved the
+    verified file, start_seeding points the SAME process at the new path, and another
+    hypervisor then gets the image from it alone (origin gone, no web seed)."""
+    image = swarm.image(size=4 * 1024 * 1024)
+    tracker = swarm.tracker()
+    meta = _torrent.make_torrent(image, [tracker.url], [])
+    tracker.allow(meta["info_hash"])
+    origin_state = swarm.state_dir("origin")
+    _torrent.start_seeding(meta["path"], image, 120, state_dir=origin_state)
+    state = swarm.state_dir("hv1")
+    partial = os.path.join(swarm.tmp, "hv1", "partial", "image.raw.part")
+    result = _torrent.fetch(meta["path"], partial, None, None, timeout=30, state_dir=state, seed_for_seconds=60)
+    assert result["seeding"]
+    [record] = _torrent.seeding_status(state)
+    assert record["running"] and record["data_path"] == partial
+    final = os.path.join(swarm.tmp, "hv1", "image.raw")
+    os.replace(partial, final)  # what the image cache does after its sha512 check
+    seeder = _torrent.start_seeding(result["torrent"], final, 60, state_dir=state)
+    assert seeder["changed"] and seeder["pid"] == record["pid"], "no second engine: the first one is told"
+    assert _torrent.start_seeding(result["torrent"], final, 60, state_dir=state)["changed"] is False
+    _torrent.stop_seeding(meta["info_hash"], origin_state)
+    late = os.path.join(swarm.tmp, "hv2", "image.raw.part")
+    _torrent.fetch(meta["path"], late, None, None, timeout=30, state_dir=swarm.state_dir("hv2"))
+    assert filecmp.cmp(late, image, shallow=False)
+    status = _status(os.path.join(state, meta["info_hash"] + ".status"))
+    assert status["save_path"] == os.path.dirname(final) and status["name"] == "image.raw"
+    assert status["uploaded"] >= os.path.getsize(image), status
 
 
 def test_missing_engine_says_what_to_install(swarm, monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setitem(sys.modules, "libtorrent", None)
     with pytest.raises(_torrent.TorrentError) as err:
         _torrent.fetch("magnet:?xt=urn:btih:" + "0" * 40, os.path.join(swarm.tmp, "x"), None, None, timeout=1)
-    assert "install the 'aria2' package" in err.value.message
+    assert "the Python binding of libtorrent is required" in err.value.message
+    assert "install python3-libtorrent (Debian/Ubuntu)" in err.value.message
 
 
 def test_magnet_source_gets_metadata_from_the_swarm(swarm):
@@ -188,7 +234,7 @@ def test_magnet_source_gets_metadata_from_the_swarm(swarm):
     tracker = swarm.tracker()
     meta = _torrent.make_torrent(image, [tracker.url], [])
     tracker.allow(meta["info_hash"])
-    _torrent.start_seeding(meta["path"], image, 60, state_dir=swarm.state_dir("origin"), tracker_interval=2)
+    _torrent.start_seeding(meta["path"], image, 60, state_dir=swarm.state_dir("origin"))
     assert "tr=" in meta["magnet"]
     dest = os.path.join(swarm.tmp, "hv1", "image.raw.part")
     result = _torrent.fetch(meta["magnet"], dest, None, None, timeout=30, state_dir=swarm.state_dir("hv1"))

@@ -1,5 +1,5 @@
 """Pure parts of the BitTorrent transport: torrent creation and reading, piece sizes, the
-aria2c seeding command line, and the errors a site admin sees."""
+libtorrent engine settings, and the errors a site admin sees."""
 
 from __future__ import annotations
 
@@ -69,13 +69,31 @@ def test_unsupported_source_scheme(tmp_path):
     assert "ftp://srv/img.torrent: unsupported BitTorrent source" in err.value.message
 
 
-def test_seed_args():
-    forever = _torrent.aria2c_seed_args("7000")
-    assert "--seed-ratio=0.0" in forever and not any(a.startswith("--seed-time") for a in forever)
-    assert "--bt-seed-unverified=true" in forever and "--listen-port=7000" in forever
-    timed = _torrent.aria2c_seed_args("7000", 90, verify=True, tracker_interval=5)
-    assert "--seed-time=1.5000" in timed and "--check-integrity=true" in timed
-    assert "--bt-seed-unverified=false" in timed and "--bt-tracker-interval=5" in timed
+def test_engine_settings_for_a_farm_swarm():
+    lt = pytest.importorskip("libtorrent")
+    job = _torrent._job("0" * 40, "/srv/x/image.raw.part", 0.0, {"listen_port": "0", "max_upload_limit": 1000})
+    assert (job["save_path"], job["name"], job["max_upload_limit"]) == ("/srv/x", "image.raw.part", 1000)
+    settings = _torrent.engine_settings(lt, job)
+    assert settings["unchoke_slots_limit"] == -1 and settings["choking_algorithm"] == 0
+    assert not settings["enable_outgoing_utp"] and not settings["enable_incoming_utp"]
+    assert not settings["enable_dht"] and not settings["enable_lsd"]
+    assert settings["upload_rate_limit"] == 1000
+    tuned = _torrent.engine_settings(lt, dict(job, settings={"unchoke_slots_limit": 4}, dht=True))
+    assert tuned["unchoke_slots_limit"] == 4 and tuned["enable_dht"]
+    session = lt.session(settings)  # every name is one libtorrent knows
+    assert session.get_settings()["unchoke_slots_limit"] == -1
+
+
+def test_free_port_refuses_a_full_range():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(_torrent.TorrentError) as err:
+            _torrent._free_port(f"{port}-{port}")
+    assert f"listen_port {port}-{port}: every port of the range is in use" in err.value.message
 
 
 def test_missing_torf_says_what_to_install(monkeypatch):
