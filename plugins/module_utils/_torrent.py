@@ -874,4 +874,4 @@ def start_seeding(
 
 
 if __name__ == "__main__":
-    sys.exit(_engine_main(sys.argv[1:]))
+    raise SystemExit(_engine_main(sys.argv[1:]))
