@@ -353,7 +353,18 @@ def start_seeding(result: Any, path: str, options: Dict[str, Any]) -> Optional[s
     try:
         from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
 
-        keys = ("state_dir", "listen_port", "trackers", "max_upload_limit", "dht", "aria2c", "extra_args")
+        # every engine option of the fetch, so a seeder started afresh behaves like the fetch's engine
+        keys = (
+            "state_dir",
+            "listen_port",
+            "trackers",
+            "web_seeds",
+            "web_seed_delay",
+            "max_upload_limit",
+            "max_download_limit",
+            "dht",
+            "engine_settings",
+        )
         _torrent.start_seeding(torrent, path, float(seconds), **{k: options[k] for k in keys if k in options})
     except Exception as exc:
         return "the image is ready but seeding it over BitTorrent did not start: %s" % (

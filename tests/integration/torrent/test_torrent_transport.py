@@ -242,3 +242,31 @@ def test_magnet_source_gets_metadata_from_the_swarm(swarm):
     assert result["info_hash"] == meta["info_hash"]
     assert _torrent.read_torrent(result["torrent"])["info_hash"] == meta["info_hash"]
     assert [n for n in os.listdir(os.path.dirname(dest)) if n.endswith(".torrent")] == []
+
+
+def test_image_cache_seeder_gets_the_fetch_options(swarm):
+    """The image cache starts seeding a ready image with the same engine options as its fetch
+    (web seeds, web-seed delay, engine settings, rate limits): a seeder started afresh must not
+    fall back to the engine's defaults."""
+    from ansible_collections.batchvirt.farm.plugins.module_utils import _transfer
+
+    image = swarm.image(size=1024 * 1024)
+    meta = _torrent.make_torrent(image, ["http://127.0.0.1:9/announce"], [])
+    state = swarm.state_dir("cache-seed")
+    options = {
+        "seed_for_seconds": 30,
+        "state_dir": state,
+        "web_seeds": ["http://127.0.0.1:9/image.raw"],
+        "web_seed_delay": 7,
+        "max_upload_limit": 123456,
+        "engine_settings": {"connection_speed": 77},
+    }
+    fetched = _transfer.TransferResult(
+        uri="x", path=image, size=1024 * 1024, sha512="", transferred=0, resumed_from=0, seconds=0, torrent=meta["path"]
+    )
+    assert _transfer.start_seeding(fetched, image, options) is None
+    with open(os.path.join(state, meta["info_hash"] + ".job")) as handle:
+        job = json.load(handle)
+    assert job["web_seeds"] == ["http://127.0.0.1:9/image.raw"]
+    assert (job["web_seed_delay"], job["max_upload_limit"]) == (7.0, 123456)
+    assert job["settings"] == {"connection_speed": 77}
