@@ -326,6 +326,8 @@ class _Engine:
         self.started = time.time()
         self.last_progress = time.monotonic()
         self.last_bytes = 0
+        self.last_announce = time.monotonic()
+        self.reannounce_at = 0.0
         self.ses = lt.session(engine_settings(lt, job))
         # Rate limits apply to every peer: libtorrent exempts "local" ones (private ranges, where a
         # farm's hypervisors live) by default.
@@ -426,6 +428,9 @@ class _Engine:
             self.error = ""
             self.handle = self._add(job, seed_mode=True)
             self.handle.force_reannounce()
+            # The removed torrent's "stopped" announce may reach the tracker after this one and
+            # drop this seeder from its list: announce once more when that one has surely landed.
+            self.reannounce_at = time.monotonic() + 2
 
     def _alerts(self) -> None:
         lt = self.lt
@@ -466,6 +471,15 @@ class _Engine:
                 for url in self.web_seeds:
                     self.handle.add_url_seed(url)
                 self.web_added = True
+        if self.reannounce_at and now >= self.reannounce_at:
+            self.reannounce_at = 0.0
+            self.handle.force_reannounce()
+            self.last_announce = now
+        elif not st.is_seeding and int(st.num_peers) == 0 and now - self.last_announce >= 5:
+            # A downloader without peers asks the tracker again every 5 s (a farm swarm: peers
+            # that joined or re-announced since are found without waiting a tracker interval).
+            self.handle.force_reannounce()
+            self.last_announce = now
         if self.done and not self.error and not os.path.exists(os.path.join(self.job["save_path"], self.job["name"])):
             self.error = f"{self.job['save_path']}/{self.job['name']} vanished"  # expired or refused
             self.error_since = now
