@@ -421,6 +421,9 @@ def build(count: int = 2, memory_mib: int = 512, tmp: Optional[str] = None) -> F
         os.makedirs(os.path.join(tmp, sub), exist_ok=True)
     names = [f"{HYPERVISOR}-slot-{i:02d}" for i in range(1, count + 1)]
     timings: Dict[str, float] = {}
+    leftovers = remove_leftovers()
+    if leftovers:
+        raise FarmError("cannot clear what an earlier run left: %s" % leftovers)
 
     t0 = time.monotonic()
     result = _check(run_playbook(os.path.join(PLAYBOOKS, "worker_image.yml"), inventory=LOCALHOST), "base_image role")
@@ -470,33 +473,61 @@ def destroy(farm: Optional[Farm], tmp: Optional[str] = None) -> List[str]:
     return errors
 
 
-def _remove_golden_vm() -> List[str]:
-    """The golden VM of :meth:`Farm.golden_version`, its overlay and seed ISO, if they exist."""
+def _remove_vms(names: List[str]) -> List[str]:
+    """These domains (stopped, undefined) and their overlays and seed ISOs, where they exist."""
     import libvirt
 
-    name = "golden-" + GOLDEN_TYPE
     conn = libvirt.open("qemu:///system")
     try:
-        try:
-            dom = conn.lookupByName(name)
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        except libvirt.libvirtError:
-            pass
+        for name in names:
+            try:
+                dom = conn.lookupByName(name)
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+            except libvirt.libvirtError:
+                pass
         try:
             pool = conn.storagePoolLookupByName("batchvirt-slots")
             pool.refresh(0)
-            for vol in (name + ".qcow2", name + "-seed.iso"):
-                try:
-                    pool.storageVolLookupByName(vol).delete(0)
-                except libvirt.libvirtError:
-                    pass
+            for name in names:
+                for vol in (name + ".qcow2", name + "-seed.iso"):
+                    try:
+                        pool.storageVolLookupByName(vol).delete(0)
+                    except libvirt.libvirtError:
+                        pass
         except libvirt.libvirtError as exc:
-            return ["removing the golden VM's volumes failed: %s" % exc]
+            return ["removing the volumes of %s failed: %s" % (", ".join(names), exc)]
         return []
     finally:
         conn.close()
+
+
+def _remove_golden_vm() -> List[str]:
+    """The golden VM of :meth:`Farm.golden_version`, its overlay and seed ISO, if they exist."""
+    return _remove_vms(["golden-" + GOLDEN_TYPE])
+
+
+def remove_leftovers() -> List[str]:
+    """What an interrupted earlier run (killed before :func:`destroy`) left: its slots, golden
+    VM, controller, staged images and image cache. A stale image cache would hold a version the
+    golden node is about to publish again with other content, which the image module rightly
+    refuses."""
+    import libvirt
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        names = [n for n in conn.listDefinedDomains() + [d.name() for d in conn.listAllDomains()]
+                 if n.startswith(HYPERVISOR + "-slot-")]  # fmt: skip
+    finally:
+        conn.close()
+    errors = _remove_vms(sorted(set(names)) + ["golden-" + GOLDEN_TYPE])
+    stale = subprocess.run(["pgrep", "-f", "slurmctld -f " + SLURM_CONF], capture_output=True, text=True, check=False)
+    for pid in stale.stdout.split():
+        stop_pid(int(pid))
+    for path in (IMAGE_ROOT, IMAGE_ROOT + ".cache", SLURM_CONF_DIR):
+        shutil.rmtree(path, ignore_errors=True)
+    return errors
 
 
 def iso(value: str, seconds: float = 0) -> str:
