@@ -33,6 +33,7 @@ author:
   - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - batchvirt.farm.attributes
   - batchvirt.farm.libvirt
 attributes:
   check_mode:
@@ -40,11 +41,6 @@ attributes:
     details: Reports whether the image would be downloaded or removed; downloads nothing.
   diff_mode:
     support: none
-  idempotent:
-    description: Running the module again with the same options changes nothing.
-    support: full
-  platform:
-    platforms: posix
 options:
   identifier:
     description:
