@@ -24,7 +24,6 @@ The floor is size / link rate (one link's worth of transfer).  The last line is 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -45,6 +44,7 @@ if not os.path.lexists(LINK):
 sys.path[:0] = [ROOT, COLLECTIONS]
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file  # noqa: E402
 from tests.integration.torrent.netlab import NetLab  # noqa: E402
 
 RANGESERVER = os.path.join(ROOT, "tests", "integration", "torrent", "rangeserver.py")
@@ -52,14 +52,6 @@ SERVER = 1  # namespace index of the image server; hypervisors are 10, 11, ...
 
 # What one hypervisor runs (the image module's BitTorrent path): fetch, check sha512, seed.
 HYPERVISOR = os.path.join(ROOT, "tests", "integration", "torrent", "hypervisor.py")
-
-
-def _sha512(path: str) -> str:
-    digest = hashlib.sha512()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _wait_all(procs: List[subprocess.Popen], timeout: float, what: str) -> float:  # type: ignore[type-arg]
@@ -132,7 +124,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         with open(image, "wb") as handle:
             for _mib in range(args.size_mib):
                 handle.write(os.urandom(1024 * 1024))
-        sha512 = _sha512(image)
+        sha512 = hash_file(image)[1]
         http = subprocess.Popen(
             [*lab.prefix(srv), sys.executable, RANGESERVER, "--bind", srv_ip, "--port", "8080", "--dir", srv_dir],
             stdout=subprocess.PIPE,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file
 from tests.testbed.ansible import LOCALHOST, ROOT, PlaybookResult, run_playbook
 from tests.testbed.processes import read_pid, stop_pid
 
@@ -59,14 +59,6 @@ def _check(result: PlaybookResult, what: str) -> PlaybookResult:
     if result.rc != 0:
         raise FarmError(f"{what} failed (rc {result.rc}):\n{result.stdout[-6000:]}")
     return result
-
-
-def sha512_of(path: str) -> str:
-    digest = hashlib.sha512()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def slurm(*argv: str, check: bool = True, timeout: float = 60) -> str:
@@ -180,7 +172,7 @@ class Farm:
             "identifier": IDENTIFIER,
             "version": version,
             "path": source,
-            "sha512": sha512_of(source),
+            "sha512": hash_file(source)[1],
             "size": os.path.getsize(source),
             "root": IMAGE_ROOT,
         }

@@ -5,7 +5,6 @@ lifecycle inventory keeps it out of every lifecycle group."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import sys
 
 import pytest
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file
 from tests.testbed.ansible import LOCALHOST, ROOT, run_playbook
 
 pytestmark = pytest.mark.slow
@@ -33,14 +33,6 @@ openssl x509 -req -in endorser.csr -CA ca/ca.pem -CAkey ca.key -CAcreateserial -
 """
     subprocess.run(["sh", "-c", script], cwd=directory, check=True, capture_output=True)
     return {"cert": os.path.join(directory, "endorser.pem"), "key": os.path.join(directory, "endorser.key")}
-
-
-def _sha512(path: str) -> str:
-    digest = hashlib.sha512()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def test_golden_node_builds_seals_snapshots_and_publishes(testbed, libvirt_conn):
@@ -84,7 +76,7 @@ def test_golden_node_builds_seals_snapshots_and_publishes(testbed, libvirt_conn)
     assert snap["changed"] and snap["shut_down"] is True
     image = snap["image"]
     assert os.path.basename(image["path"]) == "%s-%s.qcow2" % (TYPE, image["version"])
-    assert image["sha512"] == _sha512(image["path"]) and image["size"] == os.path.getsize(image["path"])
+    assert (image["size"], image["sha512"]) == hash_file(image["path"])
     info = json.loads(
         subprocess.run(["qemu-img", "info", "--output=json", image["path"]], capture_output=True, check=True).stdout
     )
