@@ -175,16 +175,37 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import HAS
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import ENABLED_STATES, STATES, BatchView
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import format_time
 
+# Strings read from hypervisors are data, never templates.  A string made only of these
+# characters cannot hold a template (no Jinja delimiter, no ``#jinja2:`` header, whatever the
+# delimiter overrides), so it is safe to mark it trusted; every other string stays untrusted.
+_INERT = re.compile(r"[A-Za-z0-9_.:/@+=, -]*\Z")
+
 try:  # ansible-core >= 2.19: data tagging; only strings tagged as trusted are templated
     from ansible.template import trust_as_template as _trusted
 
-    def make_unsafe(value: Any) -> Any:
-        """Data read from hypervisors is never trusted as a template; with data tagging it is
-        untagged already, so wrapping it (a deep copy of 10,000 dictionaries) is not needed."""
+    def make_unsafe(value: Any, _memo: Optional[Dict[str, Any]] = None) -> Any:
+        """Data read from hypervisors for host variables: untagged (so never templated) except
+        inert strings, which are tagged trusted.  Not a security measure but a fast path: the
+        inventory serialiser writes an untrusted string as ``{"__ansible_unsafe": ...}``, which
+        costs ansible-inventory twice the time of a plain one; an inert string renders to itself
+        either way.  Equal strings share one tagged object (``_memo``)."""
+        memo = {} if _memo is None else _memo
+        if isinstance(value, str):
+            tagged = memo.get(value)
+            if tagged is None:
+                tagged = memo[value] = _trusted(value) if _INERT.match(value) else value
+            return tagged
+        if isinstance(value, dict):
+            return {key: make_unsafe(item, memo) for key, item in value.items()}
+        if isinstance(value, list):
+            return [make_unsafe(item, memo) for item in value]
         return value
 
 except ImportError:  # ansible-core < 2.19: every string is a template unless wrapped
-    from ansible.utils.unsafe_proxy import wrap_var as make_unsafe  # type: ignore[no-redef]
+    from ansible.utils.unsafe_proxy import wrap_var
+
+    def make_unsafe(value: Any, _memo: Optional[Dict[str, Any]] = None) -> Any:  # type: ignore[misc]
+        return wrap_var(value)
 
     def _trusted(value: Any) -> Any:  # type: ignore[misc]
         return value
@@ -495,6 +516,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
         unreachable = []
         seen: Dict[str, str] = {}
+        memo: Dict[str, Any] = {}  # equal strings of all hosts share one (tagged) object
         for read in reads:
             hv = by_name.get(read.name) or make_hypervisor(read.uri, read.name)
             hv_group = inventory.add_group("farm_hypervisor_" + safe_group(hv.name))
@@ -525,7 +547,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     )
                     continue
                 seen[name] = hv.name
-                variables = self._host_vars(dom, hv, now, batch, batch_known, state_kwargs, loopback_jump)
+                variables = make_unsafe(
+                    self._host_vars(dom, hv, now, batch, batch_known, state_kwargs, loopback_jump), memo
+                )
                 inventory.add_host(name, group=hv_group)
                 host = inventory.get_host(name)
                 for key, value in variables.items():
@@ -571,7 +595,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         }
         slot = dom.slot
         if slot is None:
-            return make_unsafe(variables)
+            return variables
         view: Optional[BatchView] = None
         if batch_known:  # a node the batch system does not know is not registered (yet)
             view = batch.get(slot["batch"]["node"]) or BatchView(registered=False, state="unknown")
@@ -606,4 +630,4 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             variables["ansible_port"] = int(ssh["port"])
         if ssh.get("user"):
             variables["ansible_user"] = ssh["user"]
-        return make_unsafe(variables)
+        return variables

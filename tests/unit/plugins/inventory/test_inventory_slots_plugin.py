@@ -6,6 +6,7 @@ through ``parse()`` use libvirt's in-process test driver (no daemon)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -464,6 +465,39 @@ def test_parse_reads_a_test_driver_farm(tmp_path):
     assert sorted(inv.hosts) == ["s1", "s2"]
     assert inv.get_host("s2").vars["farm_lifecycle"] == "stopped"
     assert inv.get_host("s2").vars["farm_domain_state"] == "shutoff"
+
+
+HOSTILE = {
+    "jinja": "{{ lookup('pipe', 'echo pwned') }}",
+    "header": "#jinja2:variable_start_string:'[[', variable_end_string:']]'\n[[ 6 * 7 ]]",
+    "statement": "{% set x = 1 %}pwned",
+}
+
+
+def test_strings_from_hypervisors_are_never_rendered_as_templates(tmp_path):
+    """A slot's metadata is written by whoever can define domains on a hypervisor; a template
+    in it must come out of every play literally.  Inert strings (no delimiter can hide in their
+    characters) are tagged trusted, which only spares ansible-inventory the ``__ansible_unsafe``
+    wrapper: they render to themselves either way."""
+    hostile = dataclasses.replace(slot("s1", "hv1", drain_requested=True), extra=dict(HOSTILE))
+    hostile = dataclasses.replace(hostile, drain_reason=HOSTILE["jinja"])
+    inv = _parse(_config(tmp_path, _farm_file(tmp_path, [("s1", hostile, True)])), cache=False)
+    hostvars = inv.get_host("s1").vars
+    assert hostvars["farm_slot"]["extra"] == HOSTILE
+    templar = _templar()
+    templar.available_variables = hostvars
+    for key, value in HOSTILE.items():
+        assert templar.template(trusted("{{ farm_slot.extra.%s }}" % key)) == value
+    assert templar.template(trusted("{{ farm_slot.drain.reason }}")) == HOSTILE["jinja"]
+    assert templar.template(trusted("{{ farm_slot.name }}-{{ farm_lifecycle }}")) == "s1-draining"
+    try:
+        from ansible.template import is_trusted_as_template
+    except ImportError:  # ansible-core < 2.19: every string is wrapped unsafe instead
+        return
+    assert not is_trusted_as_template(hostvars["farm_slot"]["drain"]["reason"])
+    assert not any(is_trusted_as_template(v) for v in hostvars["farm_slot"]["extra"].values())
+    assert is_trusted_as_template(hostvars["farm_slot"]["name"])
+    assert is_trusted_as_template(hostvars["farm_slot"]["created_at"])
 
 
 def test_cache_is_used_refreshed_on_flush_and_ttl_not_reset(tmp_path):
