@@ -153,7 +153,19 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             f"state_dir={os.path.join(tmp, 'srv-state')!r}, super_seeding={args.origin_super_seeding!r}, "
             f"engine_settings={origin_settings!r})\n"
         )
-        subprocess.run([*lab.prefix(srv), sys.executable, "-c", seed_code], check=True)
+        tracing = bool(os.environ.get("BVT_TRACE"))
+        trace_dir = os.environ.get("BVT_TRACE_DIR") or os.path.join(ROOT, "build", "distribution-trace")
+        # BVT_TRACE: the origin's and the first three hypervisors' engines write a diagnostics line
+        # every 0.5 s (connections, torrent status, session counters), kept in trace_dir.
+        # Every hypervisor's engine logs where each piece came from (BVT_TORRENT_PIECES).
+        pieces_env = dict(os.environ, BVT_TORRENT_PIECES="1")
+        traced_env = dict(pieces_env, BVT_TORRENT_TRACE="0.5")
+        if tracing:
+            shutil.rmtree(trace_dir, ignore_errors=True)
+            os.makedirs(trace_dir)
+        subprocess.run(
+            [*lab.prefix(srv), sys.executable, "-c", seed_code], check=True, env=traced_env if tracing else None
+        )
         for n in counts:
             # Plain HTTP: all N at once from the one server.
             procs = []
@@ -185,10 +197,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                         [*lab.prefix(ns), sys.executable, HYPERVISOR, meta["path"], os.path.join(hv, "image.raw"),
                          str(size), sha512, os.path.join(hv, "state"), str(args.run_timeout), "300",
                          json.dumps(settings)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=(traced_env if i < 3 else pieces_env) if tracing else None,
                     )
                 )  # fmt: skip
-            if os.environ.get("BVT_TRACE"):
+            if tracing:
                 status = os.path.join(tmp, "srv-state", meta["info_hash"] + ".status")
                 threading.Thread(target=_trace, args=(srv, procs, status, tx_before, size), daemon=True).start()
             seconds = _wait_all(procs, args.run_timeout + 10, f"bittorrent n={n}")
@@ -206,9 +218,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             print(f"bittorrent  n={n:2d}: {seconds:6.2f} s  ({seconds / floor:.2f} x floor)", file=sys.stderr)
             for i in range(n):  # stop this round's hypervisor seeders before the next round
                 state = os.path.join(tmp, f"bt{n}-{i}", "state")
+                for kind in ("trace", "pieces") if tracing else ():
+                    if os.path.exists(os.path.join(state, f"{meta['info_hash']}.{kind}")):
+                        shutil.copy(
+                            os.path.join(state, f"{meta['info_hash']}.{kind}"), f"{trace_dir}/n{n}-hv{i}.{kind}"
+                        )
                 for record in _torrent.seeding_status(state):
                     _torrent.stop_seeding(record["info_hash"], state)
                 shutil.rmtree(os.path.join(tmp, f"bt{n}-{i}"), ignore_errors=True)
+        if tracing:
+            shutil.copy(os.path.join(tmp, "srv-state", meta["info_hash"] + ".trace"), f"{trace_dir}/origin.trace")
+            print(f"engine traces in {trace_dir}", file=sys.stderr)
     finally:
         while cleanups:
             try:

@@ -91,8 +91,12 @@ def read_torrent(path: str) -> Dict[str, Any]:
 
 
 def default_piece_length(size: int) -> int:
-    """About 1,000–2,000 pieces: 256 KiB for small images, up to 16 MiB for 20+ GiB ones."""
-    length = 256 * 1024
+    """About 1,000–2,000 pieces: 64 KiB for images up to 128 MiB, up to 16 MiB for 20+ GiB ones.
+
+    Enough pieces matter more than their size: a piece is traded only once a peer holds all of
+    it, so the fewer the pieces, the longer the swarm waits at the start and in the endgame
+    (see docs/performance/torrent.md: 128 pieces of 256 KiB for a 32 MiB image were slower)."""
+    length = 64 * 1024
     while size // length > 2048 and length < 16 * 1024 * 1024:
         length *= 2
     return length
@@ -246,9 +250,14 @@ def _free_port(spec: str) -> int:
     raise TorrentError(message=f"listen_port {spec}: every port of the range is in use")
 
 
+SEEDER_UNCHOKE_SLOTS = 4
+SEEDER_REQUEST_QUEUE = 16  # blocks of 16 KiB each peer may have outstanding at a seeder
+
+
 def engine_settings(lt: Any, job: Dict[str, Any]) -> Dict[str, Any]:
     """libtorrent settings for a farm swarm: every peer is ours (no free-riders), so every
-    interested peer is unchoked, requests are pipelined deeply, and peers connect fast.  TCP
+    interested peer is unchoked (by a seeder started as such, the origin: a few at a time, see
+    below), requests are pipelined without tying blocks to slow sources, and peers connect fast.  TCP
     only (uTP's delay-based congestion control backs off on shaped links); no DHT, no local peer
     discovery, no UPnP/NAT-PMP: nothing leaves the farm."""
     alerts = lt.alert.category_t
@@ -264,7 +273,14 @@ def engine_settings(lt: Any, job: Dict[str, Any]) -> Dict[str, Any]:
         "unchoke_slots_limit": -1,  # ... with unlimited slots: unchoke every interested peer
         "max_out_request_queue": int(job.get("request_queue", 1500)),
         "max_allowed_in_request_queue": 4000,
-        "request_queue_time": int(job.get("request_queue_time", 3)),
+        # Requests are assigned to a peer for request_queue_time seconds of its CURRENT rate; a
+        # source whose rate then drops (the origin, once every hypervisor has connected) holds
+        # them for many seconds, and no other peer is asked for those blocks meanwhile: 1 s.
+        "request_queue_time": int(job.get("request_queue_time", 1)),
+        # A connection that would otherwise idle may ask for blocks already requested from a
+        # slower peer (the first to arrive wins, the other request is cancelled): hypervisors'
+        # links are not left unused while the origin still owes those blocks.
+        "strict_end_game_mode": False,
         "tick_interval": 100,
         "connection_speed": 500,
         "torrent_connect_boost": 100,
@@ -283,6 +299,13 @@ def engine_settings(lt: Any, job: Dict[str, Any]) -> Dict[str, Any]:
         "user_agent": "batchvirt.farm/libtorrent-" + str(getattr(lt, "__version__", "")),
         "alert_mask": alerts.error_notification | alerts.storage_notification | alerts.status_notification,
     }
+    if job.get("seeder"):
+        # A seeder started as such (the origin): a few peers at a time at full rate, each with a
+        # short request queue, so that every piece it sends is complete (and announced to the
+        # swarm) quickly; otherwise all hypervisors ask it at once, at 1/N of its rate each,
+        # for the same pieces nobody holds yet, and it sends most of them several times.
+        settings["unchoke_slots_limit"] = SEEDER_UNCHOKE_SLOTS
+        settings["max_allowed_in_request_queue"] = SEEDER_REQUEST_QUEUE
     settings.update(job.get("settings") or {})
     return settings
 
@@ -335,6 +358,22 @@ class _Engine:
         every.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
         self.ses.set_peer_class_filter(every)
         self.handle = self._add(job, bool(job.get("seed_mode")))
+        # Diagnostics (bench/distribution.py with BVT_TRACE): every BVT_TORRENT_TRACE seconds, one
+        # JSON line per tick in <info hash>.trace: torrent status, every connection, session
+        # counters.  Off (nothing done) without the variable.
+        self.trace_every = float(os.environ.get("BVT_TORRENT_TRACE") or 0)
+        self.last_trace = 0.0
+        self.counters: Dict[str, int] = {}
+        # BVT_TORRENT_PIECES: per piece, when it was requested from which peer, how many blocks
+        # each peer delivered, when it completed (<info hash>.pieces, written once complete).
+        self.pieces: Optional[Dict[int, Dict[str, Any]]] = None
+        if os.environ.get("BVT_TORRENT_PIECES"):
+            self.pieces = {}
+            cat = lt.alert.category_t
+            mask = int(engine_settings(lt, job)["alert_mask"])
+            self.ses.apply_settings(
+                {"alert_mask": mask | cat.block_progress_notification | cat.piece_progress_notification}
+            )
 
     def _add(self, job: Dict[str, Any], seed_mode: bool) -> Any:
         lt = self.lt
@@ -444,12 +483,91 @@ class _Engine:
             elif isinstance(alert, lt.cache_flushed_alert) and self.flushing:
                 self.flushing = False
                 self.done = True
+            elif self.pieces is not None and isinstance(
+                alert, (lt.block_downloading_alert, lt.block_finished_alert, lt.piece_finished_alert)
+            ):
+                self._piece_event(alert)
+            elif self.trace_every and isinstance(alert, lt.session_stats_alert):
+                self.counters = {k: int(v) for k, v in alert.values.items() if k.startswith(_TRACE_COUNTERS) and v}
             elif isinstance(alert, lt.metadata_received_alert) and not self.job.get("torrent"):
                 ti = self.handle.torrent_file()
                 data = lt.bencode(lt.create_torrent(ti).generate())
                 with open(self.base + ".torrent.tmp", "wb") as handle:
                     handle.write(data)
                 os.replace(self.base + ".torrent.tmp", self.base + ".torrent")
+
+    def _piece_event(self, alert: Any) -> None:
+        assert self.pieces is not None
+        entry = self.pieces.setdefault(int(alert.piece_index), {"req": {}, "got": {}, "done": 0.0})
+        now = round(time.time(), 3)
+        if isinstance(alert, self.lt.piece_finished_alert):
+            entry["done"] = entry["done"] or now
+            return
+        ip = str(alert.ip[0])
+        if isinstance(alert, self.lt.block_downloading_alert):
+            entry["req"].setdefault(ip, now)
+        else:
+            entry["got"][ip] = entry["got"].get(ip, 0) + 1
+
+    def _trace(self) -> None:
+        """One diagnostics line (see ``trace_every``)."""
+        lt = self.lt
+        st = self.handle.status()
+        peers = []
+        for p in self.handle.get_peer_info():
+            flags = int(p.flags)
+            peers.append(
+                {
+                    "ip": p.ip[0],
+                    "out": bool(flags & lt.peer_info.outgoing_connection),
+                    "flags": "".join(
+                        c
+                        for c, bit in (
+                            ("C", lt.peer_info.choked),  # we choke it
+                            ("R", lt.peer_info.remote_choked),  # it chokes us
+                            ("I", lt.peer_info.interesting),  # we want its pieces
+                            ("W", lt.peer_info.remote_interested),  # it wants ours
+                            ("S", lt.peer_info.snubbed),
+                            ("E", lt.peer_info.endgame_mode),
+                            ("U", lt.peer_info.upload_only),
+                            ("O", lt.peer_info.seed),
+                        )
+                        if flags & bit
+                    ),
+                    "src": int(p.source),
+                    "up": int(p.payload_up_speed),
+                    "down": int(p.payload_down_speed),
+                    "tot_up": int(p.total_upload),
+                    "tot_down": int(p.total_download),
+                    "dq": int(p.download_queue_length),
+                    "tdq": int(getattr(p, "target_dl_queue_length", 0)),
+                    "uq": int(p.upload_queue_length),
+                    "timeouts": int(p.request_timeout),
+                    "pieces": int(p.num_pieces),
+                    "sendbuf": int(p.used_send_buffer),
+                    "queue_bytes": int(p.queue_bytes),
+                    "disk": int(p.pending_disk_bytes),
+                    "rs": int(p.read_state),
+                    "ws": int(p.write_state),
+                    "rtt": int(p.rtt),
+                }
+            )
+        line = {
+            "t": round(time.time(), 3),
+            "pieces": int(st.num_pieces),
+            "progress": round(float(st.progress), 4),
+            "redundant": int(st.total_redundant_bytes),
+            "failed": int(st.total_failed_bytes),
+            "down": int(st.total_payload_download),
+            "up": int(st.total_payload_upload),
+            "peers": int(st.num_peers),
+            "copies": round(float(st.distributed_copies), 3),
+            "conn": peers,
+            "counters": self.counters,
+        }
+        with open(self.base + ".trace", "a") as handle:
+            handle.write(json.dumps(line, sort_keys=True) + "\n")
+        self.ses.post_session_stats()
 
     def _tick(self) -> str:
         st = self.handle.status()
@@ -458,6 +576,9 @@ class _Engine:
             self.last_bytes = int(st.total_payload_download)
             self.last_progress = now
         if st.is_seeding and not self.done and not self.flushing:
+            if self.pieces is not None:
+                with open(self.base + ".pieces", "w") as handle:
+                    json.dump({"t_start": self.started, "pieces": self.pieces}, handle)
             self.flushing = True  # done once the pieces are written out (cache_flushed_alert)
             self.handle.flush_cache()
         if not st.is_seeding and not self.web_added and self.web_seeds:
@@ -508,11 +629,32 @@ class _Engine:
             until = self.job.get("until")
             if self.done and until is not None and time.time() >= float(until):
                 break
+            if self.trace_every and time.monotonic() - self.last_trace >= self.trace_every:
+                self.last_trace = time.monotonic()
+                self._trace()
             if time.monotonic() - last_status >= 0.2 or self.done:
                 self._status(state)
                 last_status = time.monotonic()
         self._status("stopped")
         return 0
+
+
+_TRACE_COUNTERS = (
+    "disk.queued",
+    "disk.disk_blocks_in_use",
+    "peer.num_peers_up",
+    "peer.num_peers_down",
+    "ses.waste_",
+    "net.has_incoming",
+    "peer.connect",
+    "peer.incoming",
+    "net.sent",
+    "net.recv",
+    "peer.num_peers_connected",
+    "peer.num_peers_half_open",
+    "peer.perm_peers",
+    "picker.",
+)
 
 
 def _engine_main(argv: List[str]) -> int:
@@ -876,7 +1018,7 @@ def start_seeding(
         shutil.copyfile(torrent, paths["torrent"] + ".tmp")
         os.replace(paths["torrent"] + ".tmp", paths["torrent"])
     job = _job(ih, data_path, until, dict(opts, listen_port=listen_port))
-    job.update(torrent=paths["torrent"], magnet="", seed_mode=not verify)
+    job.update(torrent=paths["torrent"], magnet="", seed_mode=not verify, seeder=True)
     pid = _launch(state_dir, ih, job)
     record = _record(info, paths, pid, data_path, until)
     deadline = time.monotonic() + 10

@@ -14,8 +14,8 @@ MIB = 1024 * 1024
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [(1, 256 * 1024), (512 * MIB, 256 * 1024), (600 * MIB, 512 * 1024), (10 * 1024 * MIB, 8 * MIB),
-     (1024 * 1024 * MIB, 16 * MIB)],
+    [(1, 64 * 1024), (32 * MIB, 64 * 1024), (128 * MIB, 64 * 1024), (129 * MIB, 128 * 1024),
+     (512 * MIB, 256 * 1024), (600 * MIB, 512 * 1024), (10 * 1024 * MIB, 8 * MIB), (1024 * 1024 * MIB, 16 * MIB)],
 )  # fmt: skip
 def test_default_piece_length(size, expected):
     assert _torrent.default_piece_length(size) == expected
@@ -29,7 +29,7 @@ def test_make_and_read_torrent(tmp_path):
     back = _torrent.read_torrent(meta["path"])
     assert back["info_hash"] == meta["info_hash"] and len(back["info_hash"]) == 40
     assert back["size"] == 300 * 1024 and back["single_file"]
-    assert back["pieces"] == 2 and back["piece_length"] == 256 * 1024
+    assert back["pieces"] == 5 and back["piece_length"] == 64 * 1024
     assert back["web_seeds"] == ["http://s.invalid/img.raw"]
     assert back["trackers"] == ["http://t.invalid:6969/announce"]
     assert back["magnet"].startswith("magnet:?xt=urn:btih:" + meta["info_hash"])
@@ -75,6 +75,8 @@ def test_engine_settings_for_a_farm_swarm():
     assert (job["save_path"], job["name"], job["max_upload_limit"]) == ("/srv/x", "image.raw.part", 1000)
     settings = _torrent.engine_settings(lt, job)
     assert settings["unchoke_slots_limit"] == -1 and settings["choking_algorithm"] == 0
+    # blocks are not tied to a slow source: 1 s of its rate, idle links may re-request them
+    assert settings["request_queue_time"] == 1 and settings["strict_end_game_mode"] is False
     assert not settings["enable_outgoing_utp"] and not settings["enable_incoming_utp"]
     assert not settings["enable_dht"] and not settings["enable_lsd"]
     assert settings["upload_rate_limit"] == 1000
@@ -82,6 +84,14 @@ def test_engine_settings_for_a_farm_swarm():
     assert tuned["unchoke_slots_limit"] == 4 and tuned["enable_dht"]
     session = lt.session(settings)  # every name is one libtorrent knows
     assert session.get_settings()["unchoke_slots_limit"] == -1
+    # a seeder started as such (the origin): a few peers at a time, short request queues
+    seeder = _torrent.engine_settings(lt, dict(job, seeder=True))
+    assert (seeder["unchoke_slots_limit"], seeder["max_allowed_in_request_queue"]) == (4, 16)
+    assert (
+        _torrent.engine_settings(lt, dict(job, seeder=True, settings={"unchoke_slots_limit": 8}))["unchoke_slots_limit"]
+        == 8
+    )
+    assert lt.session(seeder).get_settings()["max_allowed_in_request_queue"] == 16
 
 
 def test_free_port_refuses_a_full_range():
