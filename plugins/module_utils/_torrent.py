@@ -497,7 +497,8 @@ class _Engine:
                 os.replace(self.base + ".torrent.tmp", self.base + ".torrent")
 
     def _piece_event(self, alert: Any) -> None:
-        assert self.pieces is not None
+        if self.pieces is None:
+            return
         entry = self.pieces.setdefault(int(alert.piece_index), {"req": {}, "got": {}, "done": 0.0})
         now = round(time.time(), 3)
         if isinstance(alert, self.lt.piece_finished_alert):
