@@ -154,7 +154,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from ansible.errors import AnsibleError, AnsibleParserError
@@ -166,7 +166,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import (
     batch_view_from_json,
     batch_view_to_json,
     farm_now,
-    iter_farm,
+    read_farm,
     slot_state,
     state_name,
     version_key,
@@ -404,26 +404,18 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         self._cache[key] = result
 
     # -- fetching -------------------------------------------------------------------------
-    def _fetch(
-        self, hypervisors: List[Hypervisor], on_read: Optional[Callable[[HypervisorRead], None]] = None
-    ) -> Dict[str, Any]:
-        """The raw farm data (what the cache holds).  ``on_read`` gets each hypervisor's read in
-        order as soon as it and every one before it is read, while the rest are still read."""
+    def _fetch(self, hypervisors: List[Hypervisor]) -> Dict[str, Any]:
         if not HAS_LIBVIRT:
             raise AnsibleError(
                 "batchvirt.farm.slots needs the Python module 'libvirt' (libvirt-python) on the controller: "
                 "install python3-libvirt or 'pip install libvirt-python' (in AWX, in the execution environment)"
             )
-        reads = []
-        for read in iter_farm(
+        reads = read_farm(
             [(hv.name, hv.uri) for hv in hypervisors],
             concurrency=self.get_option("connect_concurrency"),
             timeout=float(self.get_option("timeout")),
             include_foreign=self.get_option("include_foreign"),
-        ):
-            reads.append(read)
-            if on_read is not None:
-                on_read(read)
+        )
         data: Dict[str, Any] = {
             "format": CACHE_FORMAT,
             "hypervisors": [r.to_json() for r in reads],
@@ -475,19 +467,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         except ValueError as exc:
             raise AnsibleParserError(str(exc)) from None
         hit, data = self.get_cached_result(path, cache)
-        if hit:
-            self._populate(data, hypervisors, now)
-        elif self._batch_option() is None and not self.get_option("fail_on_errors"):
-            # nothing needs the whole farm before the first host: each hypervisor is added as
-            # soon as it is read, while the others are still being read
-            populator = _Populator(self, hypervisors, now)
-            data = self._fetch(hypervisors, on_read=populator.add)
-            populator.finish()
-        else:  # the lifecycle needs the batch view of every node; or all or nothing
+        if not hit:
             data = self._fetch(hypervisors)
             self._check_errors(data)
-            self._populate(data, hypervisors, now)
         self.update_cached_result(path, cache, data)
+        self._populate(data, hypervisors, now)
 
     def _check_errors(self, data: Dict[str, Any]) -> None:
         if not self.get_option("fail_on_errors"):
@@ -505,11 +489,93 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleError("batchvirt.farm.slots: refresh failed (fail_on_errors is true): " + "; ".join(problems))
 
     def _populate(self, data: Dict[str, Any], hypervisors: List[Hypervisor], now: Any) -> None:
-        """Add the hosts and groups of raw farm data (fresh or from the cache)."""
-        populator = _Populator(self, hypervisors, now, data.get("batch"), data.get("batch_error", ""))
-        for read in data["hypervisors"]:
-            populator.add(HypervisorRead.from_json(read))
-        populator.finish()
+        inventory = self.inventory
+        by_name = {hv.name: hv for hv in hypervisors}
+        reads = [HypervisorRead.from_json(h) for h in data["hypervisors"]]
+        batch = {k: batch_view_from_json(v) for k, v in (data.get("batch") or {}).items()}
+        batch_known = data.get("batch") is not None
+        if data.get("batch_error"):
+            self.display.warning(data["batch_error"] + "; the lifecycle is computed without the batch view")
+        state_kwargs = {
+            "expiring_window": self.get_option("expiring_window"),
+            "boot_grace": self.get_option("boot_grace"),
+        }
+        loopback_jump = self.get_option("loopback_access") == "proxyjump"
+        include_foreign = self.get_option("include_foreign")
+        compose = self.get_option("compose")
+        groups = self.get_option("groups")
+        keyed = self.get_option("keyed_groups")
+        strict = self.get_option("strict")
+        constructed = bool(compose or groups or keyed)
+
+        for state in STATES:
+            inventory.add_group("farm_lifecycle_" + state)
+        inventory.add_group("farm_image_outdated")
+        if include_foreign:
+            inventory.add_group("farm_foreign")
+
+        unreachable = []
+        seen: Dict[str, str] = {}
+        memo: Dict[str, Any] = {}  # equal strings of all hosts share one (tagged) object
+        for read in reads:
+            hv = by_name.get(read.name) or make_hypervisor(read.uri, read.name)
+            hv_group = inventory.add_group("farm_hypervisor_" + safe_group(hv.name))
+            if read.error:
+                self.display.warning(f"batchvirt.farm.slots: hypervisor {hv.name} left out: {read.error}")
+                unreachable.append({"name": hv.name, "uri": hv.uri, "error": read.error})
+                continue
+            newest: Dict[str, str] = {}
+            for dom in read.domains:
+                if dom.slot is not None:
+                    image = dom.slot["image"]
+                    current = newest.get(image["identifier"])
+                    if current is None or version_key(image["version"]) > version_key(current):
+                        newest[image["identifier"]] = image["version"]
+            for dom in read.domains:
+                if dom.error:
+                    self.display.warning(
+                        f"batchvirt.farm.slots: domain {dom.domain} on {hv.name} left out: {dom.error}"
+                    )
+                    continue
+                if dom.slot is None and not include_foreign:
+                    continue
+                name = dom.slot["name"] if dom.slot is not None else dom.domain
+                if name in seen:
+                    self.display.warning(
+                        f"batchvirt.farm.slots: slot {name} on {hv.name} left out: "
+                        f"a slot of that name was already read from {seen[name]}"
+                    )
+                    continue
+                seen[name] = hv.name
+                variables = make_unsafe(
+                    self._host_vars(dom, hv, now, batch, batch_known, state_kwargs, loopback_jump), memo
+                )
+                inventory.add_host(name, group=hv_group)
+                host = inventory.get_host(name)
+                for key, value in variables.items():
+                    host.set_variable(key, value)
+                if dom.slot is None:
+                    inventory.add_child("farm_foreign", name)
+                elif (dom.slot.get("extra") or {}).get("purpose") == "golden":
+                    # a golden node is configured and snapshotted, never drained or recycled
+                    inventory.add_child(inventory.add_group("farm_golden"), name)
+                else:
+                    inventory.add_child("farm_lifecycle_" + variables["farm_lifecycle"], name)
+                    image = dom.slot["image"]
+                    ident = safe_group(image["identifier"])
+                    inventory.add_child(inventory.add_group("farm_image_" + ident), name)
+                    inventory.add_child(
+                        inventory.add_group("farm_image_" + ident + "_" + safe_group(image["version"])), name
+                    )
+                    if image["version"] != newest[image["identifier"]]:
+                        inventory.add_child("farm_image_outdated", name)
+                if constructed:
+                    self._set_composite_vars(compose, variables, name, strict=strict)
+                    self._add_host_to_composed_groups(groups, variables, name, strict=strict)
+                    self._add_host_to_keyed_groups(keyed, variables, name, strict=strict)
+
+        inventory.set_variable("all", "farm_unreachable_hypervisors", make_unsafe(unreachable))
+        inventory.set_variable("all", "farm_inventory_time", format_time(now))
 
     def _host_vars(
         self,
@@ -565,107 +631,3 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if ssh.get("user"):
             variables["ansible_user"] = ssh["user"]
         return variables
-
-
-class _Populator:
-    """Adds a farm to the inventory one hypervisor read at a time (in the order given), so a
-    fresh refresh can add the first hypervisors' slots while the others are still being read."""
-
-    def __init__(
-        self,
-        plugin: InventoryModule,
-        hypervisors: List[Hypervisor],
-        now: Any,
-        batch: Optional[Dict[str, Any]] = None,
-        batch_error: str = "",
-    ) -> None:
-        self.plugin = plugin
-        self.inventory = plugin.inventory
-        self.now = now
-        self.by_name = {hv.name: hv for hv in hypervisors}
-        self.batch = {k: batch_view_from_json(v) for k, v in (batch or {}).items()}
-        self.batch_known = batch is not None
-        if batch_error:
-            plugin.display.warning(batch_error + "; the lifecycle is computed without the batch view")
-        self.state_kwargs = {
-            "expiring_window": plugin.get_option("expiring_window"),
-            "boot_grace": plugin.get_option("boot_grace"),
-        }
-        self.loopback_jump = plugin.get_option("loopback_access") == "proxyjump"
-        self.include_foreign = plugin.get_option("include_foreign")
-        self.compose = plugin.get_option("compose")
-        self.groups = plugin.get_option("groups")
-        self.keyed = plugin.get_option("keyed_groups")
-        self.strict = plugin.get_option("strict")
-        self.constructed = bool(self.compose or self.groups or self.keyed)
-        self.unreachable: List[Dict[str, str]] = []
-        self.seen: Dict[str, str] = {}
-        self.memo: Dict[str, Any] = {}  # equal strings of all hosts share one (tagged) object
-        for state in STATES:
-            self.inventory.add_group("farm_lifecycle_" + state)
-        self.inventory.add_group("farm_image_outdated")
-        if self.include_foreign:
-            self.inventory.add_group("farm_foreign")
-
-    def add(self, read: HypervisorRead) -> None:
-        plugin, inventory = self.plugin, self.inventory
-        hv = self.by_name.get(read.name) or make_hypervisor(read.uri, read.name)
-        hv_group = inventory.add_group("farm_hypervisor_" + safe_group(hv.name))
-        if read.error:
-            plugin.display.warning(f"batchvirt.farm.slots: hypervisor {hv.name} left out: {read.error}")
-            self.unreachable.append({"name": hv.name, "uri": hv.uri, "error": read.error})
-            return
-        newest: Dict[str, str] = {}
-        for dom in read.domains:
-            if dom.slot is not None:
-                image = dom.slot["image"]
-                current = newest.get(image["identifier"])
-                if current is None or version_key(image["version"]) > version_key(current):
-                    newest[image["identifier"]] = image["version"]
-        for dom in read.domains:
-            if dom.error:
-                plugin.display.warning(f"batchvirt.farm.slots: domain {dom.domain} on {hv.name} left out: {dom.error}")
-                continue
-            if dom.slot is None and not self.include_foreign:
-                continue
-            name = dom.slot["name"] if dom.slot is not None else dom.domain
-            if name in self.seen:
-                plugin.display.warning(
-                    f"batchvirt.farm.slots: slot {name} on {hv.name} left out: "
-                    f"a slot of that name was already read from {self.seen[name]}"
-                )
-                continue
-            self.seen[name] = hv.name
-            variables = make_unsafe(
-                plugin._host_vars(
-                    dom, hv, self.now, self.batch, self.batch_known, self.state_kwargs, self.loopback_jump
-                ),
-                self.memo,
-            )
-            inventory.add_host(name, group=hv_group)
-            host = inventory.get_host(name)
-            for key, value in variables.items():
-                host.set_variable(key, value)
-            if dom.slot is None:
-                inventory.add_child("farm_foreign", name)
-            elif (dom.slot.get("extra") or {}).get("purpose") == "golden":
-                # a golden node is configured and snapshotted, never drained or recycled
-                inventory.add_child(inventory.add_group("farm_golden"), name)
-            else:
-                inventory.add_child("farm_lifecycle_" + variables["farm_lifecycle"], name)
-                image = dom.slot["image"]
-                ident = safe_group(image["identifier"])
-                inventory.add_child(inventory.add_group("farm_image_" + ident), name)
-                inventory.add_child(
-                    inventory.add_group("farm_image_" + ident + "_" + safe_group(image["version"])), name
-                )
-                if image["version"] != newest[image["identifier"]]:
-                    inventory.add_child("farm_image_outdated", name)
-            if self.constructed:
-                plugin._set_composite_vars(self.compose, variables, name, strict=self.strict)
-                plugin._add_host_to_composed_groups(self.groups, variables, name, strict=self.strict)
-                plugin._add_host_to_keyed_groups(self.keyed, variables, name, strict=self.strict)
-
-    def finish(self) -> None:
-        self.inventory.set_variable("all", "farm_unreachable_hypervisors", make_unsafe(self.unreachable))
-        self.inventory.set_variable("all", "farm_inventory_time", format_time(self.now))

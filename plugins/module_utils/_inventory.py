@@ -18,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
     DOMAIN_STATE_NAMES,
@@ -185,32 +185,19 @@ def read_hypervisor_with_timeout(name: str, uri: str, timeout: float, include_fo
     )
 
 
-def iter_farm(
-    hypervisors: List[Tuple[str, str]],
-    concurrency: int = 20,
-    timeout: float = 10.0,
-    include_foreign: bool = False,
-) -> Iterator[HypervisorRead]:
-    """Read every ``(name, uri)`` hypervisor with at most ``concurrency`` at once; yield the
-    reads in input order, each as soon as it and every one before it is read, so the caller
-    can work on the first hypervisors while the others are still being read."""
-    if not hypervisors:
-        return
-    workers = max(1, min(concurrency, len(hypervisors)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="farm-slots") as pool:
-        futures = [pool.submit(read_hypervisor_with_timeout, n, u, timeout, include_foreign) for n, u in hypervisors]
-        for future in futures:
-            yield future.result()
-
-
 def read_farm(
     hypervisors: List[Tuple[str, str]],
     concurrency: int = 20,
     timeout: float = 10.0,
     include_foreign: bool = False,
 ) -> List[HypervisorRead]:
-    """Every read of :func:`iter_farm`, in input order."""
-    return list(iter_farm(hypervisors, concurrency, timeout, include_foreign))
+    """Read every ``(name, uri)`` hypervisor with at most ``concurrency`` at once, in input order."""
+    if not hypervisors:
+        return []
+    workers = max(1, min(concurrency, len(hypervisors)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="farm-slots") as pool:
+        futures = [pool.submit(read_hypervisor_with_timeout, n, u, timeout, include_foreign) for n, u in hypervisors]
+        return [f.result() for f in futures]
 
 
 # -- from records to inventory data --------------------------------------------------------

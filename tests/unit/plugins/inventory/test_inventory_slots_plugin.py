@@ -17,7 +17,6 @@ from ansible.errors import AnsibleError, AnsibleParserError
 from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import fragment_loader
-from ansible.utils.display import Display
 from ansible.utils.plugin_docs import get_docstring
 
 from ansible_collections.batchvirt.farm.plugins.inventory import slots as slots_plugin
@@ -499,45 +498,6 @@ def test_strings_from_hypervisors_are_never_rendered_as_templates(tmp_path):
     assert not any(is_trusted_as_template(v) for v in hostvars["farm_slot"]["extra"].values())
     assert is_trusted_as_template(hostvars["farm_slot"]["name"])
     assert is_trusted_as_template(hostvars["farm_slot"]["created_at"])
-
-
-def _snapshot(inv):
-    """Hosts with their variables and groups with their hosts, as plain data."""
-    hosts = {name: json.loads(json.dumps(host.vars, default=str)) for name, host in inv.hosts.items()}
-    groups = {name: sorted(h.name for h in group.get_hosts()) for name, group in inv.groups.items()}
-    return hosts, groups, json.loads(json.dumps(inv.groups["all"].vars))
-
-
-def test_fresh_refresh_adds_each_hypervisor_as_it_is_read_and_equals_the_cached_one(tmp_path, monkeypatch):
-    """A fresh refresh adds hypervisors while later ones are still being read (in input order,
-    whatever order the reads finish in); the cache path adds the same raw data afterwards: both
-    must give the same inventory, warnings included."""
-    uris = []
-    for h in range(6):
-        domains = [
-            (f"hv{h}-s{i}", slot(f"hv{h}-s{i}", f"hv{h}", version=f"2026.11.{i % 2 + 1}"), i != 2) for i in range(3)
-        ]
-        uris.append(write_test_node(str(tmp_path / f"hv{h}.xml"), domains))
-    uris.insert(3, "test:///nonexistent/hv-gone.xml")
-    cache_dir = tmp_path / "cache"
-    path = _config(tmp_path, "", hypervisors=uris, cache=True, cache_plugin="jsonfile", cache_connection=str(cache_dir))
-
-    added, warnings = [], []
-    real_add = slots_plugin._Populator.add
-    monkeypatch.setattr(
-        slots_plugin._Populator, "add", lambda self, read: (added.append(read.name), real_add(self, read))
-    )
-    monkeypatch.setattr(Display(), "warning", lambda msg, *a, **k: warnings.append(msg))
-    fresh = _snapshot(_parse(path, cache=True))
-    assert added == ["hv0", "hv1", "hv2", "hv-gone", "hv3", "hv4", "hv5"]
-    assert len(fresh[0]) == 18
-    assert fresh[1]["farm_image_outdated"] == sorted(f"hv{h}-s{i}" for h in range(6) for i in (0, 2))
-    assert fresh[1]["farm_lifecycle_stopped"] == sorted(f"hv{h}-s2" for h in range(6))
-    fresh_warnings, warnings[:] = list(warnings), []
-    cached = _snapshot(_parse(path, cache=True))
-    assert len(added) == 14, "the cached refresh goes through the same populator"
-    assert cached == fresh
-    assert warnings == fresh_warnings and len(warnings) == 1 and "hv-gone left out" in warnings[0]
 
 
 def test_cache_is_used_refreshed_on_flush_and_ttl_not_reset(tmp_path):
