@@ -241,6 +241,8 @@ class Fleet:
     is reached through a :class:`DelayProxy` relay on 127.0.0.1 that adds its round-trip latency.
     """
 
+    serial = 0  # namespaces started by this process
+
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
         self.procs: List[Any] = []
@@ -250,10 +252,12 @@ class Fleet:
 
     def start(self, count: int, rtt_ms: List[float]) -> None:
         for i in range(count):
-            tag = f"{os.getpid() % 1000}{len(self.namespaces)}"
+            # unique across fleets of this process: a deleted namespace's veth lingers for a while
+            Fleet.serial += 1
+            tag = f"{os.getpid() % 1000}{Fleet.serial}"
             ns = f"bvtinv{tag}"
             host_if, ns_if = f"bvih{tag}", f"bvin{tag}"
-            net = f"10.251.{len(self.namespaces)}"
+            net = f"10.251.{Fleet.serial % 256}"
             run("ip", "netns", "add", ns)
             self.namespaces.append(ns)
             run("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
