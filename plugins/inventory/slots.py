@@ -183,28 +183,32 @@ _INERT = re.compile(r"[A-Za-z0-9_.:/@+=, -]*\Z")
 try:  # ansible-core >= 2.19: data tagging; only strings tagged as trusted are templated
     from ansible.template import trust_as_template as _trusted
 
-    def make_unsafe(value: Any, _memo: Optional[Dict[str, Any]] = None) -> Any:
-        """Data read from hypervisors for host variables: untagged (so never templated) except
-        inert strings, which are tagged trusted.  Not a security measure but a fast path: the
-        inventory serialiser writes an untrusted string as ``{"__ansible_unsafe": ...}``, which
-        costs ansible-inventory twice the time of a plain one; an inert string renders to itself
-        either way.  Equal strings share one tagged object (``_memo``)."""
+    def host_data(value: Any, _memo: Optional[Dict[str, Any]] = None) -> Any:
+        """Data read from hypervisors, for host variables: left untagged (never templated),
+        except inert strings, which are tagged trusted.  Not a security measure but a fast path:
+        the inventory serialiser writes an untrusted string as ``{"__ansible_unsafe": ...}``,
+        which costs ansible-inventory about twice the time of a plain one; an inert string renders
+        to itself either way.  Equal inert strings share one tagged object (``_memo``); any other
+        string is returned as it is, so no tag travels from one value to an equal one."""
         memo = {} if _memo is None else _memo
         if isinstance(value, str):
+            if not _INERT.match(value):
+                return value
             tagged = memo.get(value)
             if tagged is None:
-                tagged = memo[value] = _trusted(value) if _INERT.match(value) else value
+                tagged = memo[value] = _trusted(value)
             return tagged
         if isinstance(value, dict):
-            return {key: make_unsafe(item, memo) for key, item in value.items()}
+            return {key: host_data(item, memo) for key, item in value.items()}
         if isinstance(value, list):
-            return [make_unsafe(item, memo) for item in value]
+            return [host_data(item, memo) for item in value]
         return value
 
 except ImportError:  # ansible-core < 2.19: every string is a template unless wrapped
     from ansible.utils.unsafe_proxy import wrap_var
 
-    def make_unsafe(value: Any, _memo: Optional[Dict[str, Any]] = None) -> Any:  # type: ignore[misc]
+    def host_data(value: Any, _memo: Optional[Dict[str, Any]] = None) -> Any:  # type: ignore[misc]
+        """Data read from hypervisors, for host variables: wrapped unsafe, never templated."""
         return wrap_var(value)
 
     def _trusted(value: Any) -> Any:  # type: ignore[misc]
@@ -547,7 +551,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     )
                     continue
                 seen[name] = hv.name
-                variables = make_unsafe(
+                variables = host_data(
                     self._host_vars(dom, hv, now, batch, batch_known, state_kwargs, loopback_jump), memo
                 )
                 inventory.add_host(name, group=hv_group)
@@ -574,7 +578,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     self._add_host_to_composed_groups(groups, variables, name, strict=strict)
                     self._add_host_to_keyed_groups(keyed, variables, name, strict=strict)
 
-        inventory.set_variable("all", "farm_unreachable_hypervisors", make_unsafe(unreachable))
+        inventory.set_variable("all", "farm_unreachable_hypervisors", host_data(unreachable))
         inventory.set_variable("all", "farm_inventory_time", format_time(now))
 
     def _host_vars(

@@ -351,7 +351,8 @@ class _Engine:
         self.last_bytes = 0
         self.last_announce = time.monotonic()
         self.reannounce_at = 0.0
-        self.ses = lt.session(engine_settings(lt, job))
+        settings = engine_settings(lt, job)
+        self.ses = lt.session(settings)
         # Rate limits apply to every peer: libtorrent exempts "local" ones (private ranges, where a
         # farm's hypervisors live) by default.
         every = lt.ip_filter()
@@ -370,10 +371,8 @@ class _Engine:
         if os.environ.get("BVT_TORRENT_PIECES"):
             self.pieces = {}
             cat = lt.alert.category_t
-            mask = int(engine_settings(lt, job)["alert_mask"])
-            self.ses.apply_settings(
-                {"alert_mask": mask | cat.block_progress_notification | cat.piece_progress_notification}
-            )
+            mask = int(settings["alert_mask"]) | cat.block_progress_notification | cat.piece_progress_notification
+            self.ses.apply_settings({"alert_mask": mask})
 
     def _add(self, job: Dict[str, Any], seed_mode: bool) -> Any:
         lt = self.lt

@@ -509,11 +509,10 @@ def remove_leftovers() -> List[str]:
 
     conn = libvirt.open("qemu:///system")
     try:
-        names = [n for n in conn.listDefinedDomains() + [d.name() for d in conn.listAllDomains()]
-                 if n.startswith(HYPERVISOR + "-slot-")]  # fmt: skip
+        names = sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(HYPERVISOR + "-slot-"))
     finally:
         conn.close()
-    errors = _remove_vms(sorted(set(names)) + ["golden-" + GOLDEN_TYPE])
+    errors = _remove_vms(names + ["golden-" + GOLDEN_TYPE])
     stale = subprocess.run(["pgrep", "-f", "slurmctld -f " + SLURM_CONF], capture_output=True, text=True, check=False)
     for pid in stale.stdout.split():
         stop_pid(int(pid))
