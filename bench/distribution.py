@@ -6,7 +6,8 @@ with tbf to the SAME rate in both directions.  For N = 1, 4, 8, 16:
 
 - http: all N fetch the image at once with curl from the server (the server's uplink is the
   bottleneck, so the time grows about N x);
-- bittorrent: the server runs opentracker, a Range-capable HTTP server (the BEP-19 web seed)
+- bittorrent (with swarm shares, as the ``image_cache`` role gives them: hypervisor i of N is
+  told i and N; ``--no-share``: without): the server runs opentracker, a Range-capable HTTP server (the BEP-19 web seed)
   and an origin seeder (``_torrent.start_seeding``); each hypervisor runs what the ``image``
   module runs with ``seed_for_seconds``: ``_torrent.fetch`` (the libtorrent engine, which keeps
   seeding once complete), a sha512 check (the image cache's), the move into place, then
@@ -189,6 +190,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             # BitTorrent: fresh hypervisors (no data, no seeders) each time.
             procs = []
             tx_before = _tx_bytes(srv)
+            t_spawn = time.time()
             for i, ns in enumerate(hvs[:n]):
                 hv = os.path.join(tmp, f"bt{n}-{i}")
                 os.makedirs(hv)
@@ -197,7 +199,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                         [*lab.prefix(ns), sys.executable, HYPERVISOR, meta["path"], os.path.join(hv, "image.raw"),
                          str(size), sha512, os.path.join(hv, "state"), str(args.run_timeout), "300",
                          json.dumps(settings)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=(traced_env if i < 3 else pieces_env) if tracing else None,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        env=dict((traced_env if i < 3 else pieces_env) if tracing else os.environ,
+                                 **({"BVT_SWARM_INDEX": str(i), "BVT_SWARM_SIZE": str(n)} if args.share else {})),
                     )
                 )  # fmt: skip
             if tracing:
@@ -206,6 +210,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             seconds = _wait_all(procs, args.run_timeout + 10, f"bittorrent n={n}")
             outs = [json.loads(p.stdout.read().decode().strip().splitlines()[-1]) for p in procs if p.stdout]
             each = sorted(out["seconds"] for out in outs)
+            if os.environ.get("BVT_TRACE"):
+                for key in ("t_main", "t_fetched", "t_verified"):
+                    print(f"{key:10s} {sorted(round(out[key] - t_spawn, 2) for out in outs)}", file=sys.stderr)
             if os.environ.get("BVT_TRACE"):
                 for out in outs:
                     print(f"sources {sorted(out['sources'].items())}", file=sys.stderr)
@@ -218,7 +225,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             print(f"bittorrent  n={n:2d}: {seconds:6.2f} s  ({seconds / floor:.2f} x floor)", file=sys.stderr)
             for i in range(n):  # stop this round's hypervisor seeders before the next round
                 state = os.path.join(tmp, f"bt{n}-{i}", "state")
-                for kind in ("trace", "pieces") if tracing else ():
+                for kind in ("trace", "pieces", "log") if tracing else ():
                     if os.path.exists(os.path.join(state, f"{meta['info_hash']}.{kind}")):
                         shutil.copy(
                             os.path.join(state, f"{meta['info_hash']}.{kind}"), f"{trace_dir}/n{n}-hv{i}.{kind}"
@@ -261,6 +268,9 @@ def main() -> int:
     )
     parser.add_argument("--origin-super-seeding", action="store_true", help="BEP-16 super-seeding on the origin")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument(
+        "--no-share", dest="share", action="store_false", help="no swarm shares (the image_cache role gives them)"
+    )
     parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds allowed per run")
     args = parser.parse_args()
     if os.geteuid() != 0:

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from typing import Any, Dict, List, Optional, Sequence
 
 DEFAULT_STATE_DIR = "/var/lib/batchvirt/torrent"
@@ -88,6 +87,31 @@ def read_torrent(path: str) -> Dict[str, Any]:
     except (torf.TorfError, OSError) as exc:
         raise TorrentError(message=f"{path} is not a readable .torrent file: {exc}") from exc
     return torrent_info(torrent)
+
+
+def _read_torrent_lt(lt: Any, path: str) -> Dict[str, Any]:
+    """:func:`read_torrent` with libtorrent, where it is loaded anyway (a hypervisor's fetch): the
+    same facts without importing torf, which costs a hypervisor more CPU than the rest of its start."""
+    import warnings  # noqa: PLC0415
+
+    try:
+        ti = lt.torrent_info(path)
+    except Exception as exc:  # noqa: BLE001 (the binding raises RuntimeError and others)
+        raise TorrentError(message=f"{path} is not a readable .torrent file: {exc}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # web_seeds(): deprecated in 2.x, works in 2.0 and 2.1
+        seeds = [seed["url"] for seed in ti.web_seeds()]
+    return {
+        "info_hash": str(ti.info_hashes().v1),
+        "name": ti.name(),
+        "size": int(ti.total_size()),
+        "single_file": ti.num_files() == 1,
+        "piece_length": int(ti.piece_length()),
+        "pieces": int(ti.num_pieces()),
+        "trackers": [entry.url for entry in ti.trackers()],
+        "web_seeds": seeds,
+        "magnet": lt.make_magnet_uri(ti),
+    }
 
 
 def default_piece_length(size: int) -> int:
@@ -187,7 +211,7 @@ def _obtain_torrent(source: str, work_dir: str, timeout: float) -> str:
             raise TorrentError(message=f"downloading the torrent file {source} failed: {exc}") from exc
         return target
     if parsed.scheme == "file":
-        return urllib.request.url2pathname(parsed.path)
+        return urllib.parse.unquote(parsed.path)
     if parsed.scheme == "":
         return source
     raise TorrentError(
@@ -221,6 +245,7 @@ def _tail(path: str, lines: int = 8) -> str:
 # the module's temporary AnsiballZ directory.
 
 ENGINE_VERSION = "1"
+ENGINE_MODULE = f"bvt_torrent_engine_{ENGINE_VERSION}"  # imported, not run as a script: its bytecode is cached
 
 
 def _lt() -> Any:
@@ -250,7 +275,11 @@ def _free_port(spec: str) -> int:
     raise TorrentError(message=f"listen_port {spec}: every port of the range is in use")
 
 
-SEEDER_UNCHOKE_SLOTS = 4
+# The origin (a seeder started as such) announces itself in its peer id, so that hypervisors
+# with a swarm share can tell it from the other peers (see _Engine._leave_origin).
+ORIGIN_FINGERPRINT = "-BO0001-"
+ORIGIN_PEER_ID = ORIGIN_FINGERPRINT[:3].encode()
+ORIGIN_STALL = 1.0  # seconds without data before a hypervisor with its share takes the origin back
 SEEDER_REQUEST_QUEUE = 16  # blocks of 16 KiB each peer may have outstanding at a seeder
 
 
@@ -300,12 +329,12 @@ def engine_settings(lt: Any, job: Dict[str, Any]) -> Dict[str, Any]:
         "alert_mask": alerts.error_notification | alerts.storage_notification | alerts.status_notification,
     }
     if job.get("seeder"):
-        # A seeder started as such (the origin): a few peers at a time at full rate, each with a
-        # short request queue, so that every piece it sends is complete (and announced to the
-        # swarm) quickly; otherwise all hypervisors ask it at once, at 1/N of its rate each,
-        # for the same pieces nobody holds yet, and it sends most of them several times.
-        settings["unchoke_slots_limit"] = SEEDER_UNCHOKE_SLOTS
+        # A seeder started as such (the origin): every peer unchoked (hypervisors with swarm
+        # shares each ask it for their own share, see _Engine._share), each with a short request
+        # queue, so that a piece it sends is complete (and announced to the swarm) quickly; and
+        # a peer id that tells the hypervisors it is the origin (see _Engine._leave_origin).
         settings["max_allowed_in_request_queue"] = SEEDER_REQUEST_QUEUE
+        settings["peer_fingerprint"] = ORIGIN_FINGERPRINT
     settings.update(job.get("settings") or {})
     return settings
 
@@ -351,6 +380,13 @@ class _Engine:
         self.last_bytes = 0
         self.last_announce = time.monotonic()
         self.reannounce_at = 0.0
+        # A hypervisor with a swarm share stops asking the origin once its share is complete
+        # (see _leave_origin); these are the origin's addresses it then refuses, until a stall.
+        self.share: Optional[range] = None
+        self.origin_left: Dict[str, int] = {}
+        self.origin_back = False
+        self.share_of = 0
+        self.share_done_at = 0.0
         settings = engine_settings(lt, job)
         self.ses = lt.session(settings)
         # Rate limits apply to every peer: libtorrent exempts "local" ones (private ranges, where a
@@ -394,13 +430,28 @@ class _Engine:
         if job.get("super_seeding"):
             atp.flags |= lt.torrent_flags.super_seeding
         handle = self.ses.add_torrent(atp)
-        if not seed_mode and job.get("torrent") and int(job.get("spread", 7)) > 1:
-            self._spread(handle, atp.ti.num_pieces(), int(job.get("spread", 7)))
+        if not seed_mode and job.get("torrent"):
+            share = job.get("swarm_share")
+            if share:
+                self.share_of = int(share[1])
+                self.share = self._share(handle, atp.ti.num_pieces(), int(share[0]), self.share_of)
+            else:
+                self._spread(handle, atp.ti.num_pieces(), 7)
         for url in job.get("trackers") or []:
             handle.add_tracker({"url": url, "tier": 0})
         self.web_added = False
         self.last_progress = time.monotonic()
         return handle
+
+    @staticmethod
+    def _share(handle: Any, pieces: int, index: int, size: int) -> range:
+        """Hypervisor ``index`` of ``size`` that fetch together: the ``index``-th of ``size``
+        equal runs of pieces (its share) first, at top priority, the rest by rarity.  It asks
+        the origin for its share, which then leaves the origin about once, and the other
+        hypervisors get those pieces from it (see also :meth:`_leave_origin`)."""
+        first, last = index * pieces // size, (index + 1) * pieces // size
+        handle.prioritize_pieces([7 if first <= p < last else 4 for p in range(pieces)])
+        return range(first, last)
 
     @staticmethod
     def _spread(handle: Any, pieces: int, levels: int) -> None:
@@ -569,12 +620,48 @@ class _Engine:
             handle.write(json.dumps(line, sort_keys=True) + "\n")
         self.ses.post_session_stats()
 
+    def _leave_origin(self, st: Any, now: float) -> None:
+        """With a swarm share: once this hypervisor holds its share, it refuses the origin
+        (whose upload the hypervisors still fetching their shares need) and gets the rest from
+        the other hypervisors; after ORIGIN_STALL seconds without data from anyone (a share
+        whose hypervisor is missing or slow), it takes the origin back."""
+        if self.share is None or self.origin_back or st.is_seeding:
+            return
+        if self.origin_left:
+            if now - self.last_progress >= ORIGIN_STALL:
+                self._origin_back()
+            return
+        have = st.pieces
+        if have and all(have[p] for p in self.share):
+            self.share_done_at = self.share_done_at or now
+            peers = self.handle.get_peer_info()
+            origin = {p.ip[0]: p.ip[1] for p in peers if p.pid.to_bytes().startswith(ORIGIN_PEER_ID)}
+            # While other hypervisors of the swarm have not joined yet, the origin has upload to
+            # spare: go on taking pieces of their shares (they get them from here when they join).
+            if origin and (len(peers) - len(origin) >= self.share_of - 1 or now - self.share_done_at >= 3):
+                self._refuse(origin)
+                self.origin_left = origin
+
+    def _origin_back(self) -> None:
+        self.origin_back = True
+        self._refuse({})
+        for ip, port in self.origin_left.items():
+            self.handle.connect_peer((ip, port))
+
+    def _refuse(self, addresses: Dict[str, int]) -> None:
+        refused = self.lt.ip_filter()
+        for ip in addresses:
+            refused.add_rule(ip, ip, 1)  # blocked: the connection is closed, its requests go elsewhere
+        self.ses.set_ip_filter(refused)
+
     def _tick(self) -> str:
         st = self.handle.status()
         now = time.monotonic()
-        if int(st.total_payload_download) > self.last_bytes:
-            self.last_bytes = int(st.total_payload_download)
+        got = int(st.total_payload_download) + int(st.total_done)
+        if got > self.last_bytes:
+            self.last_bytes = got
             self.last_progress = now
+        self._leave_origin(st, now)
         if st.is_seeding and not self.done and not self.flushing:
             if self.pieces is not None:
                 with open(self.base + ".pieces", "w") as handle:
@@ -705,7 +792,7 @@ def _own_source() -> str:
 
 def _engine_script(state_dir: str) -> str:
     """This file, copied into ``state_dir`` so that the engine outlives the module's temp dir."""
-    path = os.path.join(state_dir, f"bvt-torrent-engine-{ENGINE_VERSION}.py")
+    path = os.path.join(state_dir, f"{ENGINE_MODULE}.py")
     source = _own_source()
     try:
         with open(path) as handle:
@@ -758,7 +845,21 @@ def _job(info_hash: str, data_path: str, until: Optional[float], opts: Dict[str,
         "max_upload_limit": int(opts.get("max_upload_limit") or 0),
         "max_download_limit": int(opts.get("max_download_limit") or 0),
         "settings": dict(opts.get("engine_settings") or {}),
+        "swarm_share": _swarm_share(opts.get("swarm_index"), opts.get("swarm_size")),
     }
+
+
+def _swarm_share(index: Any, size: Any) -> Optional[List[int]]:
+    """``[index, size]`` when this host is one of ``size`` (at least 2) fetching together."""
+    if index is None or size is None:
+        return None
+    try:
+        index, size = int(index), int(size)
+    except (TypeError, ValueError):
+        raise TorrentError(message=f"swarm_index {index!r} and swarm_size {size!r} must be integers") from None
+    if not 0 <= index < size:
+        raise TorrentError(message=f"swarm_index {index} must be at least 0 and less than swarm_size {size}")
+    return [index, size] if size >= 2 else None
 
 
 def _launch(state_dir: str, info_hash: str, job: Dict[str, Any]) -> int:
@@ -773,7 +874,11 @@ def _launch(state_dir: str, info_hash: str, job: Dict[str, Any]) -> int:
     # (no zombie in the caller), in its own session (no signal from the caller's terminal/job).
     launcher = 'exec 0</dev/null 1>>"$LOG" 2>&1; "$@" & echo $! >"$PIDFILE"'
     env = dict(os.environ, PIDFILE=paths["pid"], LOG=paths["log"])
-    cmd = [sys.executable, script, paths["job"]]
+    boot = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(script)!r}); from {ENGINE_MODULE} import _engine_main; "
+        "raise SystemExit(_engine_main(sys.argv[1:]))"
+    )
+    cmd = [sys.executable, "-c", boot, paths["job"]]
     subprocess.run(["/bin/sh", "-c", launcher, "sh"] + cmd, env=env, start_new_session=True, check=True)
     with open(paths["pid"]) as handle:
         return int(handle.read().strip())
@@ -838,7 +943,8 @@ def fetch(
     ``trackers`` and ``web_seeds`` (extra, added to the torrent's), ``web_seed_delay`` (seconds
     without data from any peer before the web seeds are used; 3), ``seed_for_seconds``,
     ``max_upload_limit`` / ``max_download_limit`` (bytes/s), ``dht`` (false),
-    ``engine_settings`` (extra libtorrent settings).
+    ``engine_settings`` (extra libtorrent settings), ``swarm_index`` and ``swarm_size`` (this
+    host's share among the hosts fetching together: see :meth:`_Engine._share`).
 
     Raises :class:`TorrentError` naming ``source`` on a timeout or any failure.
     """
@@ -859,7 +965,7 @@ def fetch(
                 raise TorrentError(message=f"{source}: not a valid magnet URI: {exc}") from None
         else:
             target = _obtain_torrent(source, work, timeout)
-            info = read_torrent(target)
+            info = _read_torrent_lt(lt, target)
             info_hash = info["info_hash"]
             if not info["single_file"]:
                 raise TorrentError(message=f"{source}: the torrent holds several files; an image torrent must hold one")
@@ -908,7 +1014,7 @@ def fetch(
                 )
             time.sleep(0.05)
         if info is None:  # a magnet: the engine saved the metadata as <info hash>.torrent
-            info = read_torrent(paths["torrent"])
+            info = _read_torrent_lt(lt, paths["torrent"])
         actual = os.path.getsize(dest_partial_path) if os.path.exists(dest_partial_path) else -1
         if actual != info["size"]:
             stop_seeding(info_hash, state_dir)

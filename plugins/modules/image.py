@@ -144,9 +144,10 @@ options:
         collection's C(docs/images-bittorrent.md)), for example C(trackers), C(state_dir),
         C(listen_port), C(total_timeout) (seconds for the whole download, default 3600),
         C(web_seed_delay) (seconds without data from any peer before the image server's URL is
-        used, default 3) and C(seed_for_seconds) (keep seeding the ready image for that long; the
+        used, default 3), C(seed_for_seconds) (keep seeding the ready image for that long; the
         detached libtorrent process that downloaded it goes on seeding, also while the image is
-        verified, and outlives the play).
+        verified, and outlives the play), and C(swarm_index) with C(swarm_size) (this host's
+        share among the hosts fetching together; the C(image_cache) role sets them).
       - Ignored for other sources.
     type: dict
     default: {}

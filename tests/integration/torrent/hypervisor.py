@@ -3,6 +3,8 @@
 image cache does, move into place, keep seeding for a while.  Prints one JSON line.
 
     python hypervisor.py SOURCE DEST SIZE SHA512 STATE_DIR TIMEOUT SEED_SECONDS [ENGINE_SETTINGS_JSON]
+
+BVT_SWARM_INDEX / BVT_SWARM_SIZE in the environment: this hypervisor's swarm share.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def main() -> int:
     settings = json.loads(sys.argv[8]) if len(sys.argv) > 8 else {}
     partial = dest + ".part"
     started = time.monotonic()
+    t_main = time.time()
     try:
         result = _torrent.fetch(
             source,
@@ -34,10 +37,13 @@ def main() -> int:
             state_dir=state_dir,
             seed_for_seconds=float(seed_seconds),
             engine_settings=settings,
+            swarm_index=os.environ.get("BVT_SWARM_INDEX"),
+            swarm_size=os.environ.get("BVT_SWARM_SIZE"),
         )
     except _torrent.TorrentError as exc:
         print(json.dumps({"failed": True, "msg": exc.message}))
         return 1
+    t_fetched = time.time()
     digest = hashlib.sha512()
     with open(partial, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -53,6 +59,9 @@ def main() -> int:
             {
                 "failed": False,
                 "seconds": seconds,
+                "t_main": t_main,
+                "t_fetched": t_fetched,
+                "t_verified": time.time(),
                 "seeder_pid": seeder["pid"],
                 "info_hash": result["info_hash"],
                 "sources": result.get("sources", {}),

@@ -84,14 +84,53 @@ def test_engine_settings_for_a_farm_swarm():
     assert tuned["unchoke_slots_limit"] == 4 and tuned["enable_dht"]
     session = lt.session(settings)  # every name is one libtorrent knows
     assert session.get_settings()["unchoke_slots_limit"] == -1
-    # a seeder started as such (the origin): a few peers at a time, short request queues
+    # a seeder started as such (the origin): short request queues, a peer id hypervisors know
     seeder = _torrent.engine_settings(lt, dict(job, seeder=True))
-    assert (seeder["unchoke_slots_limit"], seeder["max_allowed_in_request_queue"]) == (4, 16)
+    assert (seeder["unchoke_slots_limit"], seeder["max_allowed_in_request_queue"]) == (-1, 16)
+    assert seeder["peer_fingerprint"].encode().startswith(_torrent.ORIGIN_PEER_ID)
+    assert not settings.get("peer_fingerprint", "").encode().startswith(_torrent.ORIGIN_PEER_ID)
     assert (
         _torrent.engine_settings(lt, dict(job, seeder=True, settings={"unchoke_slots_limit": 8}))["unchoke_slots_limit"]
         == 8
     )
-    assert lt.session(seeder).get_settings()["max_allowed_in_request_queue"] == 16
+    applied = lt.session(seeder).get_settings()
+    assert (applied["max_allowed_in_request_queue"], applied["peer_fingerprint"]) == (16, _torrent.ORIGIN_FINGERPRINT)
+
+
+@pytest.mark.parametrize(
+    "index, size, share",
+    [(None, None, None), (0, 1, None), (0, 16, [0, 16]), ("15", "16", [15, 16])],
+)
+def test_swarm_share_from_index_and_size(index, size, share):
+    job = _torrent._job("0" * 40, "/srv/x/image.raw.part", 0.0, {"swarm_index": index, "swarm_size": size})
+    assert job["swarm_share"] == share
+
+
+@pytest.mark.parametrize(
+    "index, size, words",
+    [(16, 16, "swarm_index 16 must be at least 0 and less than swarm_size 16"), (-1, 4, "swarm_index -1"),
+     ("a", 4, "swarm_index 'a' and swarm_size 4 must be integers")],
+)  # fmt: skip
+def test_swarm_share_refuses_an_index_outside_the_swarm(index, size, words):
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent._job("0" * 40, "/srv/x/image.raw.part", 0.0, {"swarm_index": index, "swarm_size": size})
+    assert words in err.value.message
+
+
+def test_libtorrent_reads_a_torrent_as_torf_does(tmp_path):
+    lt = pytest.importorskip("libtorrent")
+    image = tmp_path / "image.raw"
+    image.write_bytes(os.urandom(300 * 1024))
+    meta = _torrent.make_torrent(str(image), ["http://t.example:6969/announce"], ["http://s.example/image.raw"])
+    by_lt = _torrent._read_torrent_lt(lt, meta["path"])
+    by_torf = _torrent.read_torrent(meta["path"])
+    assert {k: v for k, v in by_lt.items() if k != "magnet"} == {k: v for k, v in by_torf.items() if k != "magnet"}
+    assert by_lt["magnet"].startswith("magnet:?xt=urn:btih:" + by_torf["info_hash"])
+    junk = tmp_path / "junk.torrent"
+    junk.write_bytes(b"d4:spam")
+    with pytest.raises(_torrent.TorrentError) as err:
+        _torrent._read_torrent_lt(lt, str(junk))
+    assert err.value.message.startswith(f"{junk} is not a readable .torrent file")
 
 
 def test_free_port_refuses_a_full_range():
