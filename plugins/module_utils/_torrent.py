@@ -1197,7 +1197,7 @@ class _Seeder:
         if not isinstance(torrents, list):
             raise SystemExit(f"{spec_path}: 'torrents' must be a list of {{torrent, data}} objects")
         self.log(
-            f"origin seeder starting: {len(torrents)} torrents, port {self.port}, peer id {ORIGIN_FINGERPRINT}, "
+            f"origin seeder starting: {len(torrents)} torrent(s), port {self.port}, peer id {ORIGIN_FINGERPRINT}, "
             f"{'until ' + time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.until)) if self.until else 'no end'}"
         )
         for item in torrents:

@@ -1,6 +1,6 @@
 """The image_seeder role on this host (init script here, systemd unit on systemd hosts): the
 service (the collection's libtorrent engine as the origin seeder) seeds so that a hypervisor
-with no other source downloads the image; a rerun changes nothing; the service announces itself
+with no other source downloads the image; check mode changes nothing; a rerun changes nothing; the service announces itself
 as the origin in its peer id; an image missing when the service starts is dropped while the
 other torrent is still served; a seed time ends the service by itself; a missing image is
 refused by name."""
@@ -91,6 +91,10 @@ def test_seeder_role_serves_the_swarm(swarm, hostbed):
         "farm_image_seeder_install_package": False,
         "farm_image_seeder_enabled": False,
     }
+    checked = run_playbook(PLAYBOOK, inventory=LOCALHOST, extravars=extravars, check=True)
+    assert checked.rc == 0, checked.stdout[-3000:]
+    assert checked.changed, "check mode must report the seeder it would install"
+    assert not os.path.exists(state_dir) and not os.path.exists(init_script), "check mode must change nothing"
     first = run_playbook(PLAYBOOK, inventory=LOCALHOST, extravars=extravars)
     assert first.rc == 0, first.stdout[-3000:]
     assert first.changed
