@@ -1185,7 +1185,9 @@ class _Seeder:
             "max_upload_limit": int(spec.get("max_upload_limit") or 0),
             "settings": dict(spec.get("engine_settings") or {}),
         }
-        self.ses = self.lt.session(engine_settings(self.lt, job))
+        settings = engine_settings(self.lt, job)
+        self.peer_id = str(settings.get("peer_fingerprint") or "")
+        self.ses = self.lt.session(settings)
         every = self.lt.ip_filter()  # rate limits apply to local peers too (see _Engine)
         every.add_rule("0.0.0.0", "255.255.255.255", 1 << self.lt.session.global_peer_class_id)
         self.ses.set_peer_class_filter(every)
@@ -1197,7 +1199,7 @@ class _Seeder:
         if not isinstance(torrents, list):
             raise SystemExit(f"{spec_path}: 'torrents' must be a list of {{torrent, data}} objects")
         self.log(
-            f"origin seeder starting: {len(torrents)} torrent(s), port {self.port}, peer id {ORIGIN_FINGERPRINT}, "
+            f"origin seeder starting: {len(torrents)} torrent(s), port {self.port}, peer id {self.peer_id}, "
             f"{'until ' + time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.until)) if self.until else 'no end'}"
         )
         for item in torrents:
@@ -1317,7 +1319,7 @@ class _Seeder:
             {
                 "pid": os.getpid(),
                 "port": int(self.ses.listen_port()),
-                "peer_id_prefix": ORIGIN_FINGERPRINT,
+                "peer_id_prefix": self.peer_id,
                 "time": round(time.time(), 3),
                 "until": self.until,
                 "torrents": torrents,
