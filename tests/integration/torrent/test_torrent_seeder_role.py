@@ -3,7 +3,7 @@ service (the collection's libtorrent engine as the origin seeder) seeds so that 
 with no other source downloads the image; check mode changes nothing; a rerun changes nothing; the service announces itself
 as the origin in its peer id; an image missing when the service starts is dropped while the
 other torrent is still served; a seed time ends the service by itself; a missing image is
-refused by name."""
+refused by name; so is a Python without libtorrent."""
 
 from __future__ import annotations
 
@@ -152,3 +152,12 @@ def test_seeder_role_serves_the_swarm(swarm, hostbed):
     failed = run_playbook(PLAYBOOK, inventory=LOCALHOST, extravars=missing)
     assert failed.rc != 0
     assert f"farm_image_seeder_torrents names files that do not exist: {image}.gone" in failed.stdout
+
+    # A Python without libtorrent's binding is refused before anything is installed, by name.
+    fake = os.path.join(swarm.tmp, "python-without-libtorrent")
+    with open(fake, "w") as handle:
+        handle.write("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'libtorrent'\" >&2\nexit 1\n")
+    os.chmod(fake, 0o755)
+    nolib = run_playbook(PLAYBOOK, inventory=LOCALHOST, extravars=dict(extravars, farm_image_seeder_python=fake))
+    assert nolib.rc != 0
+    assert f"{fake} cannot import libtorrent (ModuleNotFoundError: No module named 'libtorrent')" in nolib.stdout
