@@ -19,7 +19,7 @@ each peer (198.18.0.1 is the server: origin seeder and web seed).
 
 The floor is size / link rate (one link's worth of transfer).  The last line is JSON.
 
-    .venv/bin/python bench/distribution.py [--rate-mbit 40] [--size-mib 32] [--counts 1,4,8,16]
+    .venv/bin/python bench/distribution.py [--rate-mbit 40] [--size-mib 128] [--counts 1,4,8,16]
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     origin_settings = {k: int(v) for k, v in (item.split("=", 1) for item in args.origin_setting)}
     size = args.size_mib * 1024 * 1024
     floor = size * 8 / (args.rate_mbit * 1e6)
+    args.run_timeout = args.run_timeout or 2 * max(counts) * floor + 60
     cleanups: List[Callable[[], None]] = []
     tmp = tempfile.mkdtemp(prefix="bvt-bench-dist-")
     os.chmod(tmp, 0o755)
@@ -256,7 +257,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate-mbit", type=float, default=40.0, help="every link's rate (both directions)")
-    parser.add_argument("--size-mib", type=int, default=32, help="image size; default: ~6.7 s on one 40 Mbit/s link")
+    parser.add_argument(
+        "--size-mib",
+        type=int,
+        default=128,
+        help="image size; default: ~26.8 s on one 40 Mbit/s link (this host's fixed costs, 16 Python processes "
+        "and 16 sha512 on 2 cores, are ~2.5 s: 0.09x of that floor, 0.37x of a 32 MiB image's)",
+    )
     parser.add_argument("--counts", default="1,4,8,16", help="numbers of hypervisors")
     parser.add_argument("--piece-kib", type=int, default=0, help="piece length; default: make_torrent's choice")
     parser.add_argument("--no-web-seed", action="store_true", help="torrent without the server's URL")
@@ -271,7 +278,9 @@ def main() -> int:
     parser.add_argument(
         "--no-share", dest="share", action="store_false", help="no swarm shares (the image_cache role gives them)"
     )
-    parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds allowed per run")
+    parser.add_argument(
+        "--run-timeout", type=float, default=0.0, help="seconds allowed per run; default: 2 x N x floor + 60"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/distribution.py needs root (network namespaces, tc)", file=sys.stderr)
