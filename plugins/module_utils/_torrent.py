@@ -339,6 +339,16 @@ def engine_settings(lt: Any, job: Dict[str, Any]) -> Dict[str, Any]:
     return settings
 
 
+def _session(lt: Any, settings: Dict[str, Any]) -> Any:
+    """A libtorrent session with ``settings`` whose rate limits apply to every peer: libtorrent
+    exempts "local" ones (private ranges, where a farm's hypervisors live) by default."""
+    ses = lt.session(settings)
+    every = lt.ip_filter()
+    every.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+    ses.set_peer_class_filter(every)
+    return ses
+
+
 def _write_json(path: str, data: Dict[str, Any]) -> None:
     with open(path + ".tmp", "w") as handle:
         json.dump(data, handle, sort_keys=True)
@@ -388,12 +398,7 @@ class _Engine:
         self.share_of = 0
         self.share_done_at = 0.0
         settings = engine_settings(lt, job)
-        self.ses = lt.session(settings)
-        # Rate limits apply to every peer: libtorrent exempts "local" ones (private ranges, where a
-        # farm's hypervisors live) by default.
-        every = lt.ip_filter()
-        every.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
-        self.ses.set_peer_class_filter(every)
+        self.ses = _session(lt, settings)
         self.handle = self._add(job, bool(job.get("seed_mode")))
         # Diagnostics (bench/distribution.py with BVT_TRACE): every BVT_TORRENT_TRACE seconds, one
         # JSON line per tick in <info hash>.trace: torrent status, every connection, session
@@ -657,9 +662,8 @@ class _Engine:
     def _tick(self) -> str:
         st = self.handle.status()
         now = time.monotonic()
-        got = int(st.total_payload_download) + int(st.total_done)
-        if got > self.last_bytes:
-            self.last_bytes = got
+        if int(st.total_payload_download) > self.last_bytes:
+            self.last_bytes = int(st.total_payload_download)
             self.last_progress = now
         self._leave_origin(st, now)
         if st.is_seeding and not self.done and not self.flushing:
@@ -754,14 +758,18 @@ def _engine_main(argv: List[str]) -> int:
     if len(argv) != 1 or not argv[0].endswith(".job"):
         sys.stderr.write("usage: _torrent.py JOBFILE.job\n")
         return 2
-    engine = _Engine(argv[0])
+    return _serve(_Engine(argv[0]))
+
+
+def _serve(process: Any) -> int:
+    """Run an engine or the origin seeder until it ends or SIGTERM/SIGINT asks it to stop."""
 
     def _stop(*_args: Any) -> None:
-        engine.stopping = True
+        process.stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    return engine.run()
+    return int(process.run())
 
 
 # -- fetching and seeding (the caller's side) -------------------------------------------------
@@ -1187,10 +1195,7 @@ class _Seeder:
         }
         settings = engine_settings(self.lt, job)
         self.peer_id = str(settings.get("peer_fingerprint") or "")
-        self.ses = self.lt.session(settings)
-        every = self.lt.ip_filter()  # rate limits apply to local peers too (see _Engine)
-        every.add_rule("0.0.0.0", "255.255.255.255", 1 << self.lt.session.global_peer_class_id)
-        self.ses.set_peer_class_filter(every)
+        self.ses = _session(self.lt, settings)
         self.entries: List[Dict[str, Any]] = []
         self.last_check = time.monotonic()
         self.last_announce = time.monotonic()
@@ -1369,13 +1374,7 @@ def _seeder_main(spec_path: str) -> int:
     except TorrentError as exc:
         _Seeder.log(f"origin seeder cannot start: {exc.message}")
         return 1
-
-    def _stop(*_args: Any) -> None:
-        seeder.stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    return seeder.run()
+    return _serve(seeder)
 
 
 # == end of the multi-torrent origin seeder ===================================================
