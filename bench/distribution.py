@@ -8,10 +8,10 @@ with tbf to the SAME rate in both directions.  For N = 1, 4, 8, 16:
   bottleneck, so the time grows about N x);
 - bittorrent (with swarm shares, as the ``image_cache`` role gives them: hypervisor i of N is
   told i and N; ``--no-share``: without): the server runs opentracker, a Range-capable HTTP server (the BEP-19 web seed)
-  and an origin seeder (``_torrent.start_seeding``); each hypervisor runs what the ``image``
-  module runs with ``seed_for_seconds``: ``_torrent.fetch`` (the libtorrent engine, which keeps
+  and an origin seeder (``_torrent_jobs.start_seeding``); each hypervisor runs what the ``image``
+  module runs with ``seed_for_seconds``: ``_torrent_fetch.fetch`` (the libtorrent engine, which keeps
   seeding once complete), a sha512 check (the image cache's), the move into place, then
-  ``_torrent.start_seeding`` (points the same engine at the final path).  Time = until the last
+  ``_torrent_jobs.start_seeding`` (points the same engine at the final path).  Time = until the last
   hypervisor holds a verified image.
 
 BVT_TRACE=1 prints the server's upload once a second and, per hypervisor, the bytes it got from
@@ -44,7 +44,7 @@ if not os.path.lexists(LINK):
     os.symlink(ROOT, LINK)
 sys.path[:0] = [ROOT, COLLECTIONS]
 
-from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_jobs, _torrent_meta  # noqa: E402
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file  # noqa: E402
 from tests.integration.torrent.netlab import NetLab  # noqa: E402
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         tracker_root = os.path.join(tmp, "tracker")
         os.makedirs(tracker_root, mode=0o755)
         web_seeds = [] if args.no_web_seed else [f"http://{srv_ip}:8080/image.raw"]
-        meta = _torrent.make_torrent(
+        meta = _torrent_meta.make_torrent(
             image, [f"http://{srv_ip}:6969/announce"], web_seeds, piece_length=args.piece_kib * 1024 or None
         )
         with open(os.path.join(tracker_root, "whitelist"), "w") as handle:
@@ -150,8 +150,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         # The origin seeder on the server: start_seeding, run inside the server's namespace.
         seed_code = (
             f"import sys; sys.path[:0] = [{COLLECTIONS!r}]\n"
-            "from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent\n"
-            f"_torrent.start_seeding({meta['path']!r}, {image!r}, 3600, "
+            "from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_jobs\n"
+            f"_torrent_jobs.start_seeding({meta['path']!r}, {image!r}, 3600, "
             f"state_dir={os.path.join(tmp, 'srv-state')!r}, super_seeding={args.origin_super_seeding!r}, "
             f"engine_settings={origin_settings!r})\n"
         )
@@ -231,8 +231,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                         shutil.copy(
                             os.path.join(state, f"{meta['info_hash']}.{kind}"), f"{trace_dir}/n{n}-hv{i}.{kind}"
                         )
-                for record in _torrent.seeding_status(state):
-                    _torrent.stop_seeding(record["info_hash"], state)
+                for record in _torrent_jobs.seeding_status(state):
+                    _torrent_jobs.stop_seeding(record["info_hash"], state)
                 shutil.rmtree(os.path.join(tmp, f"bt{n}-{i}"), ignore_errors=True)
         if tracing:
             shutil.copy(os.path.join(tmp, "srv-state", meta["info_hash"] + ".trace"), f"{trace_dir}/origin.trace")

@@ -17,7 +17,7 @@ connection stalled or broke), False when it must be discarded (checksum or size 
 HTTP 404).
 
 ``magnet:`` links and ``*.torrent`` sources go to the BitTorrent transport
-(``_torrent.fetch``) when it is installed with the collection.
+(``_torrent_fetch.fetch``) when it is installed with the collection.
 """
 
 from __future__ import annotations
@@ -291,14 +291,14 @@ def fetch(
 
 
 def _fetch_torrent(uri: str, dest: str, size: int, sha512: str, timeout: float, **opts: Any) -> TransferResult:
-    """BitTorrent through ``_torrent.fetch``, then the sha512 of the whole file.
+    """BitTorrent through ``_torrent_fetch.fetch``, then the sha512 of the whole file.
 
     Pieces arrive out of order (each checked by the engine against the torrent's SHA-1 piece
     hashes), so the sha512 the list publishes can only be computed once the file is complete:
     this is the one transport that reads the file a second time.
     """
     try:
-        from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
+        from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_fetch
     except ImportError:
         raise TransferError(
             "%s: BitTorrent sources (magnet: links, .torrent files) need the BitTorrent transport, which this "
@@ -307,7 +307,7 @@ def _fetch_torrent(uri: str, dest: str, size: int, sha512: str, timeout: float, 
     started = time.monotonic()
     resumed_from = _resume_point(dest, size)
     try:
-        outcome = _torrent.fetch(uri, dest, size, sha512, timeout, **opts)
+        outcome = _torrent_fetch.fetch(uri, dest, size, sha512, timeout, **opts)
     except Exception as exc:
         raise TransferError(
             "%s: %s" % (uri, getattr(exc, "message", None) or exc), resumable=os.path.exists(dest)
@@ -351,11 +351,12 @@ def start_seeding(result: Any, path: str, options: Dict[str, Any]) -> Optional[s
     if not torrent or not seconds:
         return None
     try:
-        from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
+        from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_jobs
 
         # every engine option of the fetch, so a seeder started afresh behaves like the fetch's engine
         keys = (
             "state_dir",
+            "engine_dir",
             "listen_port",
             "trackers",
             "web_seeds",
@@ -365,7 +366,7 @@ def start_seeding(result: Any, path: str, options: Dict[str, Any]) -> Optional[s
             "dht",
             "engine_settings",
         )
-        _torrent.start_seeding(torrent, path, float(seconds), **{k: options[k] for k in keys if k in options})
+        _torrent_jobs.start_seeding(torrent, path, float(seconds), **{k: options[k] for k in keys if k in options})
     except Exception as exc:
         return "the image is ready but seeding it over BitTorrent did not start: %s" % (
             getattr(exc, "message", None) or exc

@@ -252,7 +252,7 @@ def test_second_deploy_waits_for_the_first(cache, hostbed):
 
 def test_torrent_source_is_staged_through_the_bittorrent_transport(cache, served, tmp_path):
     """A .torrent whose only peer is the HTTP web seed: dispatch, then size and sha512 checked here."""
-    torrent_mod = pytest.importorskip("ansible_collections.batchvirt.farm.plugins.module_utils._torrent")
+    torrent_mod = pytest.importorskip("ansible_collections.batchvirt.farm.plugins.module_utils._torrent_meta")
     if shutil.which("aria2c") is None:
         pytest.skip("aria2c is not installed (bindep: aria2)")
     img = served.add("bt.raw", size=2 * 1024 * 1024 + 9, seed=9)
@@ -273,8 +273,8 @@ def test_magnet_refused_clearly_without_engine(cache, served, monkeypatch):
     from ansible_collections.batchvirt.farm.plugins.module_utils import __name__ as package_name
 
     package = sys.modules[package_name]
-    monkeypatch.setitem(sys.modules, package_name + "._torrent", None)
-    monkeypatch.delattr(package, "_torrent", raising=False)
+    monkeypatch.setitem(sys.modules, package_name + "._torrent_fetch", None)
+    monkeypatch.delattr(package, "_torrent_fetch", raising=False)
     with pytest.raises(ImageCacheError) as err:
         _stage(cache, img, "magnet:?xt=urn:btih:" + "0" * 40, total_timeout=5)
     assert "need the BitTorrent transport" in err.value.message

@@ -95,10 +95,10 @@ class Swarm:
         os.makedirs(path, exist_ok=True)
 
         def stop() -> None:
-            from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
+            from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_jobs
 
-            for record in _torrent.seeding_status(path):
-                _torrent.stop_seeding(record["info_hash"], path)
+            for record in _torrent_jobs.seeding_status(path):
+                _torrent_jobs.stop_seeding(record["info_hash"], path)
 
         self.bed.cleanup(stop)
         return path

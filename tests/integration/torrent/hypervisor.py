@@ -18,7 +18,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(HERE))), "build", "collections")]
 
-from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_fetch, _torrent_jobs, _torrent_meta  # noqa: E402
 
 
 def main() -> int:
@@ -28,7 +28,7 @@ def main() -> int:
     started = time.monotonic()
     t_main = time.time()
     try:
-        result = _torrent.fetch(
+        result = _torrent_fetch.fetch(
             source,
             partial,
             int(size),
@@ -40,7 +40,7 @@ def main() -> int:
             swarm_index=os.environ.get("BVT_SWARM_INDEX"),
             swarm_size=os.environ.get("BVT_SWARM_SIZE"),
         )
-    except _torrent.TorrentError as exc:
+    except _torrent_meta.TorrentError as exc:
         print(json.dumps({"failed": True, "msg": exc.message}))
         return 1
     t_fetched = time.time()
@@ -53,7 +53,7 @@ def main() -> int:
         return 1
     os.replace(partial, dest)
     seconds = time.monotonic() - started
-    seeder = _torrent.start_seeding(result["torrent"], dest, float(seed_seconds), state_dir=state_dir)
+    seeder = _torrent_jobs.start_seeding(result["torrent"], dest, float(seed_seconds), state_dir=state_dir)
     print(
         json.dumps(
             {

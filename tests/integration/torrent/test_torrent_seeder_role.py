@@ -15,7 +15,12 @@ import subprocess
 import time
 from typing import Any, Dict
 
-from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
+from ansible_collections.batchvirt.farm.plugins.module_utils import (
+    _torrent_engine,
+    _torrent_fetch,
+    _torrent_jobs,
+    _torrent_meta,
+)
 from tests.integration.torrent.conftest import free_port
 from tests.testbed.ansible import LOCALHOST, run_playbook
 
@@ -73,8 +78,8 @@ def test_seeder_role_serves_the_swarm(swarm, hostbed):
     image = swarm.image(size=4 * 1024 * 1024)
     other = swarm.image(name="other.raw", size=2 * 1024 * 1024)
     tracker = swarm.tracker()
-    meta = _torrent.make_torrent(image, [tracker.url], [])  # no web seed: only the service can serve it
-    other_meta = _torrent.make_torrent(other, [tracker.url], [])
+    meta = _torrent_meta.make_torrent(image, [tracker.url], [])  # no web seed: only the service can serve it
+    other_meta = _torrent_meta.make_torrent(other, [tracker.url], [])
     tracker.allow(meta["info_hash"])
     tracker.allow(other_meta["info_hash"])
     state_dir = os.path.join(swarm.tmp, "seeder-state")
@@ -99,7 +104,9 @@ def test_seeder_role_serves_the_swarm(swarm, hostbed):
     assert first.rc == 0, first.stdout[-3000:]
     assert first.changed
     assert _status(name) == 0, "the seeder service does not run after the play"
-    assert os.path.isfile(os.path.join(state_dir, f"{_torrent.ENGINE_MODULE}.py")), "the engine was not installed"
+    launcher = os.path.join(_torrent_jobs.DEFAULT_ENGINE_DIR, _torrent_jobs.ENGINE_LAUNCHER)
+    assert os.path.isfile(launcher), "the engine was not installed"
+    assert not [n for n in os.listdir(state_dir) if n.endswith(".py")], "no code in the (writable) state directory"
     second = run_playbook(PLAYBOOK, inventory=LOCALHOST, extravars=extravars)
     assert second.rc == 0, second.stdout[-3000:]
     assert not second.changed, "a rerun with the same torrents must change nothing"
@@ -109,11 +116,11 @@ def test_seeder_role_serves_the_swarm(swarm, hostbed):
     status = _wait_status(status_file, lambda s: all(t["state"] == "seeding" for t in s["torrents"]))
     assert status["port"] == port
     peer_id = _peer_id(port, meta["info_hash"])
-    assert peer_id.startswith(_torrent.ORIGIN_PEER_ID), f"the seeder's peer id {peer_id!r} is not the origin's"
-    assert peer_id.startswith(_torrent.ORIGIN_FINGERPRINT.encode())
+    assert peer_id.startswith(_torrent_engine.ORIGIN_PEER_ID), f"the seeder's peer id {peer_id!r} is not the origin's"
+    assert peer_id.startswith(_torrent_engine.ORIGIN_FINGERPRINT.encode())
 
     dest = os.path.join(swarm.tmp, "hv", "image.raw.part")
-    _torrent.fetch(meta["path"], dest, os.path.getsize(image), None, timeout=30, state_dir=swarm.state_dir("hv"))
+    _torrent_fetch.fetch(meta["path"], dest, os.path.getsize(image), None, timeout=30, state_dir=swarm.state_dir("hv"))
     assert filecmp.cmp(dest, image, shallow=False)
 
     # One image missing when the service (re)starts (e.g. at boot): that torrent is dropped with
@@ -133,7 +140,9 @@ def test_seeder_role_serves_the_swarm(swarm, hostbed):
         assert f"dropped {other_meta['path']}: the image {other} is missing" in log
         assert _status(name) == 0, "the seeder must go on with the other torrent"
         again = os.path.join(swarm.tmp, "hv2", "image.raw.part")
-        _torrent.fetch(meta["path"], again, os.path.getsize(image), None, timeout=30, state_dir=swarm.state_dir("hv2"))
+        _torrent_fetch.fetch(
+            meta["path"], again, os.path.getsize(image), None, timeout=30, state_dir=swarm.state_dir("hv2")
+        )
         assert filecmp.cmp(again, image, shallow=False)
     finally:
         os.rename(other + ".away", other)

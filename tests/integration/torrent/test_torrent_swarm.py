@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent
+from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_jobs, _torrent_meta
 from tests.integration.torrent.conftest import HERE
 from tests.integration.torrent.netlab import NetLab
 
@@ -42,14 +42,14 @@ def test_swarm_of_hypervisors_in_namespaces(swarm, netlab):
     srv_dir = os.path.dirname(image)
     base = swarm.http(srv_dir, host=server_ip, prefix=netlab.prefix(server))
     tracker = swarm.tracker(host=server_ip, prefix=netlab.prefix(server))
-    meta = _torrent.make_torrent(image, [tracker.url], [f"{base}/image.raw"])
+    meta = _torrent_meta.make_torrent(image, [tracker.url], [f"{base}/image.raw"])
     tracker.allow(meta["info_hash"])
     origin_state = swarm.state_dir("origin")
     origin = subprocess.run(
         [*netlab.prefix(server), sys.executable, "-c",
          "import sys, json; sys.path[:0] = [sys.argv[1]];"
-         "from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent;"
-         "print(json.dumps(_torrent.start_seeding(sys.argv[2], sys.argv[3], 120, state_dir=sys.argv[4])))",
+         "from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_jobs, _torrent_meta;"
+         "print(json.dumps(_torrent_jobs.start_seeding(sys.argv[2], sys.argv[3], 120, state_dir=sys.argv[4])))",
          os.path.join(HERE, "..", "..", "..", "build", "collections"), meta["path"], image, origin_state],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
@@ -65,10 +65,10 @@ def test_swarm_of_hypervisors_in_namespaces(swarm, netlab):
         with open(dest, "rb") as got, open(image, "rb") as want:
             assert got.read() == want.read()
     for state in states:  # each hypervisor now seeds, detached, found by its pidfile
-        assert [r["running"] for r in _torrent.seeding_status(state)] == [True]
+        assert [r["running"] for r in _torrent_jobs.seeding_status(state)] == [True]
 
     # The image server goes away (seeder and web seed): the hypervisors are the only source.
-    _torrent.stop_seeding(meta["info_hash"], origin_state)
+    _torrent_jobs.stop_seeding(meta["info_hash"], origin_state)
     swarm.servers[base].terminate()
     swarm.servers[base].wait(timeout=10)
     late = netlab.add(20)
@@ -89,13 +89,13 @@ def test_swarm_shares_with_a_hypervisor_missing(swarm, hostbed):
     image = swarm.image(size=8 * 1024 * 1024)
     base = swarm.http(os.path.dirname(image), host=server_ip, prefix=netlab.prefix(server))
     tracker = swarm.tracker(host=server_ip, prefix=netlab.prefix(server))
-    meta = _torrent.make_torrent(image, [tracker.url], [f"{base}/image.raw"])
+    meta = _torrent_meta.make_torrent(image, [tracker.url], [f"{base}/image.raw"])
     tracker.allow(meta["info_hash"])
     origin = subprocess.run(
         [*netlab.prefix(server), sys.executable, "-c",
          "import sys, json; sys.path[:0] = [sys.argv[1]];"
-         "from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent;"
-         "print(json.dumps(_torrent.start_seeding(sys.argv[2], sys.argv[3], 120, state_dir=sys.argv[4])))",
+         "from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_jobs, _torrent_meta;"
+         "print(json.dumps(_torrent_jobs.start_seeding(sys.argv[2], sys.argv[3], 120, state_dir=sys.argv[4])))",
          os.path.join(HERE, "..", "..", "..", "build", "collections"), meta["path"], image, swarm.state_dir("origin")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
