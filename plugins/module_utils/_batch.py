@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import BatchView
 
 SYSTEMS = ("slurm", "htcondor")
@@ -48,19 +49,21 @@ UNKNOWN = "unknown"
 Runner = Callable[[Sequence[str]], Tuple[int, str, str]]
 
 
-class BatchError(Exception):
-    """A batch system operation failed; ``message`` says what failed and what to do."""
+class BatchError(FarmError):
+    """A batch system operation failed; ``message`` says what failed and what to do, ``option``
+    names the input to blame when one is; ``command``, ``stderr`` and ``nodes`` (the last view)
+    go into the ``batch_node`` module's failure result."""
 
     def __init__(
         self,
         message: str,
+        option: str = "",
         *,
         command: Optional[Sequence[str]] = None,
         stderr: str = "",
         nodes: Optional[Dict[str, Any]] = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, option)
         self.command = list(command) if command else []
         self.stderr = stderr
         self.nodes = nodes or {}
@@ -163,8 +166,20 @@ class BatchAdapter:
 
     system = ""
 
-    def __init__(self, runner: Optional[Runner] = None) -> None:
-        self.runner: Runner = runner or subprocess_runner()
+    def __init__(
+        self, runner: Optional[Runner] = None, bin_dir: Optional[str] = None, env: Optional[Mapping[str, str]] = None
+    ) -> None:
+        """``runner`` runs the commands (default: :func:`subprocess_runner` with ``env``);
+        ``bin_dir`` is where the batch system's commands live (default: ``PATH``)."""
+        self.runner: Runner = runner or subprocess_runner(env)
+        self.bin_dir = bin_dir or ""
+        self.commands_run = 0
+
+    def run_command(self, argv: Sequence[str]) -> Tuple[int, str, str]:
+        """Run one batch system command (``argv[0]`` found in ``bin_dir``), counted in ``commands_run``."""
+        self.commands_run += 1
+        command = os.path.join(self.bin_dir, argv[0]) if self.bin_dir else argv[0]
+        return self.runner([command] + list(argv[1:]))
 
     # -- queries -------------------------------------------------------------------------------
     def bulk_status(self, node_names: Optional[Iterable[str]] = None) -> Dict[str, NodeStatus]:
@@ -232,7 +247,7 @@ def get_adapter(system: str, **options: Any) -> BatchAdapter:
         from ansible_collections.batchvirt.farm.plugins.module_utils._batch_htcondor import HTCondorAdapter
 
         return HTCondorAdapter(**options)
-    raise BatchError(f"system={system!r} is not supported: use one of {', '.join(SYSTEMS)}.")
+    raise BatchError(f"system={system!r} is not supported: use one of {', '.join(SYSTEMS)}.", "system")
 
 
 # -- self-registration at boot (cloud-init) ---------------------------------------------------
@@ -272,7 +287,9 @@ def slurmd_options(
     opts.extend(extra)
     for opt in opts:
         if any(c.isspace() or c in "\"'" for c in opt):
-            raise BatchError(f"slurmd option {opt!r} must not contain blanks or quotes (node name, features).")
+            raise BatchError(
+                f"slurmd option {opt!r} must not contain blanks or quotes (node name, features).", "features"
+            )
     return " ".join(opts)
 
 
@@ -303,14 +320,15 @@ def cloud_init_registration(
     The munge key is a secret: the caller must keep the user-data ``no_log``.
     """
     if not node_name:
-        raise BatchError("cloud_init_registration: node_name is empty: give the slot's batch node name.")
+        raise BatchError("cloud_init_registration: node_name is empty: give the slot's batch node name.", "node_name")
     if not controller:
-        raise BatchError("cloud_init_registration: controller is empty: give the controller's address.")
+        raise BatchError("cloud_init_registration: controller is empty: give the controller's address.", "controller")
     if system == "slurm":
         if munge_key is None:
             raise BatchError(
                 "cloud_init_registration: munge_key is required for Slurm: pass the controller's key "
-                "(farm_batch_controller_munge_key_b64 from the batch_controller role)."
+                "(farm_batch_controller_munge_key_b64 from the batch_controller role).",
+                "munge_key",
             )
         key_b64 = _key_b64(munge_key)
         files: List[Dict[str, Any]] = [
@@ -367,7 +385,7 @@ def cloud_init_registration(
             ],
             "runcmd": [_restart(["condor"])],
         }
-    raise BatchError(f"system={system!r} is not supported: use one of {', '.join(SYSTEMS)}.")
+    raise BatchError(f"system={system!r} is not supported: use one of {', '.join(SYSTEMS)}.", "system")
 
 
 def _key_b64(munge_key: Any) -> str:
@@ -379,10 +397,13 @@ def _key_b64(munge_key: Any) -> str:
         raw = base64.b64decode(text, validate=True)
     except (ValueError, TypeError) as exc:
         raise BatchError(
-            "cloud_init_registration: munge_key text must be base64 (as ansible.builtin.slurp returns it)."
+            "cloud_init_registration: munge_key text must be base64 (as ansible.builtin.slurp returns it).",
+            "munge_key",
         ) from exc
     if len(raw) < 32:
-        raise BatchError(f"cloud_init_registration: munge_key is {len(raw)} bytes: munge needs at least 32.")
+        raise BatchError(
+            f"cloud_init_registration: munge_key is {len(raw)} bytes: munge needs at least 32.", "munge_key"
+        )
     return text
 
 
@@ -421,9 +442,9 @@ def manage_nodes(
     """
     nodes = as_list(names)
     if not nodes:
-        raise BatchError("name is empty: give one node name or a list of node names.")
+        raise BatchError("name is empty: give one node name or a list of node names.", "name")
     if state not in NODE_STATES:
-        raise BatchError(f"state={state!r} is not one of {', '.join(NODE_STATES)}.")
+        raise BatchError(f"state={state!r} is not one of {', '.join(NODE_STATES)}.", "state")
     reason = (reason or "").strip() or DEFAULT_REASON
     before = adapter.bulk_status(nodes)
     unknown = [n for n in nodes if not before[n].known]

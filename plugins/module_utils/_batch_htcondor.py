@@ -27,7 +27,6 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._batch import (
     NodeStatus,
     Runner,
     as_list,
-    subprocess_runner,
 )
 
 ATTRIBUTES = (
@@ -127,21 +126,16 @@ class HTCondorAdapter(BatchAdapter):
         env: Optional[Dict[str, str]] = None,
         **_ignored: Any,
     ) -> None:
-        super().__init__(runner or subprocess_runner(env))
+        super().__init__(runner, bin_dir, env)
         self.pool = pool
-        self.bin_dir = bin_dir or ""
         self._machines: Dict[str, str] = {}
-        self.commands_run = 0
 
     def _run(self, argv: Sequence[str], what: str) -> str:
-        self.commands_run += 1
-        cmd = [os.path.join(self.bin_dir, argv[0]) if self.bin_dir else argv[0]]
-        rest = list(argv[1:])
-        if self.pool:
-            rest = ["-pool", self.pool] + rest
-        rc, out, err = self.runner(cmd + rest)
+        full = [argv[0]] + (["-pool", self.pool] if self.pool else []) + list(argv[1:])
+        rc, out, err = self.run_command(full)
         if rc != 0:
-            raise BatchError(explain((err or out).strip(), what), command=cmd + rest, stderr=err)
+            cmd = [os.path.join(self.bin_dir, argv[0]) if self.bin_dir else argv[0]] + full[1:]
+            raise BatchError(explain((err or out).strip(), what), command=cmd, stderr=err)
         return out
 
     def bulk_status(self, node_names: Optional[Iterable[str]] = None) -> Dict[str, NodeStatus]:

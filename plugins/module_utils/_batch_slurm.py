@@ -36,8 +36,8 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._batch import (
     NodeStatus,
     Runner,
     as_list,
-    subprocess_runner,
 )
+from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import tail
 
 # Job states that hold a node (a drain waits for them).
 ACTIVE_JOB_STATES = ("RUNNING", "COMPLETING", "SUSPENDED", "CONFIGURING", "STOPPED")
@@ -351,13 +351,6 @@ def parse_squeue_text(text: str) -> Dict[str, List[str]]:
     return out
 
 
-def _tail(path: str, size: int = 256 * 1024) -> str:
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, handle.tell() - size))
-        return handle.read().decode("utf-8", "replace")
-
-
 _AUTH_LINE = re.compile(
     r"^\[(?P<time>[0-9T:.-]+)\] error: .*?\[(?P<peer>[^\]]*\]?:\d+)\] auth_g_verify: "
     r"(?P<msg>[A-Z_]+) has authentication error"
@@ -404,25 +397,13 @@ class SlurmAdapter(BatchAdapter):
         use_json: Optional[bool] = None,
         env: Optional[Dict[str, str]] = None,
     ) -> None:
-        full_env = dict(env or {})
-        if slurm_conf:
-            full_env["SLURM_CONF"] = slurm_conf
-        super().__init__(runner or subprocess_runner(full_env))
-        self.bin_dir = bin_dir or ""
+        super().__init__(runner, bin_dir, dict(env or {}, **({"SLURM_CONF": slurm_conf} if slurm_conf else {})))
         self.slurm_conf = slurm_conf
         self._use_json = use_json
-        self.commands_run = 0
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _cmd(self, name: str) -> str:
-        return os.path.join(self.bin_dir, name) if self.bin_dir else name
-
-    def _run(self, argv: Sequence[str]) -> Tuple[int, str, str]:
-        self.commands_run += 1
-        return self.runner([self._cmd(argv[0])] + list(argv[1:]))
-
     def _check(self, argv: Sequence[str], what: str, nodes: Sequence[str] = ()) -> str:
-        rc, out, err = self._run(argv)
+        rc, out, err = self.run_command(argv)
         if rc != 0:
             text = (err or out).strip()
             if "Invalid node name specified" in text or re.search(r"Node \S+ not found", text):
@@ -438,7 +419,7 @@ class SlurmAdapter(BatchAdapter):
 
     def _diagnose(self, what: str) -> BatchError:
         """JSON output says only 'Unspecified error': ask a text command for the real message."""
-        _rc, out, err = self._run(["scontrol", "-o", "show", "partition"])
+        _rc, out, err = self.run_command(["scontrol", "-o", "show", "partition"])
         text = " ".join((err or out or "").split())
         return BatchError(explain(text, what), stderr=text)
 
@@ -446,7 +427,7 @@ class SlurmAdapter(BatchAdapter):
     def _nodes(self, wanted: List[str]) -> Dict[str, NodeStatus]:
         nodes: Optional[Dict[str, NodeStatus]] = None
         if self._use_json is None and self.bin_dir not in _JSON_SUPPORT:
-            rc, out, err = self._run(["sinfo", "--json"])
+            rc, out, err = self.run_command(["sinfo", "--json"])
             try:
                 if rc != 0:
                     raise ValueError(err)
@@ -462,7 +443,7 @@ class SlurmAdapter(BatchAdapter):
                     raise self._diagnose("querying the nodes")
                 nodes = parse_sinfo_json(out)
         elif self.json_supported():
-            rc, out, err = self._run(["sinfo", "--json"])
+            rc, out, err = self.run_command(["sinfo", "--json"])
             if rc != 0:
                 raise BatchError(explain(err or out, "sinfo --json"), stderr=err)
             try:
@@ -482,7 +463,7 @@ class SlurmAdapter(BatchAdapter):
 
     def _jobs(self) -> Dict[str, List[str]]:
         if self.json_supported():
-            rc, out, err = self._run(["squeue", "--json"])
+            rc, out, err = self.run_command(["squeue", "--json"])
             if rc != 0:
                 raise BatchError(explain(err or out, "squeue --json"), stderr=err)
             try:
@@ -513,7 +494,7 @@ class SlurmAdapter(BatchAdapter):
 
     def controller_log(self) -> str:
         """The SlurmctldLogFile of the configuration (``scontrol show config``), or ''."""
-        rc, out, _err = self._run(["scontrol", "show", "config"])
+        rc, out, _err = self.run_command(["scontrol", "show", "config"])
         if rc != 0:
             return ""
         for line in out.splitlines():
@@ -531,7 +512,7 @@ class SlurmAdapter(BatchAdapter):
                 "If slurmd logs 'Unable to register: Zero Bytes were transmitted or received', the node's "
                 "munge key is not the controller's (a munge key mismatch)."
             )
-        return auth_failures_hint(_tail(path), time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since)))
+        return auth_failures_hint(tail(path, 256 * 1024), time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since)))
 
     # -- actions -------------------------------------------------------------------------------
     def drain(self, nodes: Iterable[str], reason: str) -> None:
