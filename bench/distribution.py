@@ -48,7 +48,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils import _torrent_job
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file  # noqa: E402
 from tests.integration.torrent.netlab import NetLab  # noqa: E402
 
-RANGESERVER = os.path.join(ROOT, "tests", "integration", "torrent", "rangeserver.py")
+RANGESERVER = os.path.join(ROOT, "tests", "integration", "images", "_server.py")
 SERVER = 1  # namespace index of the image server; hypervisors are 10, 11, ...
 
 # What one hypervisor runs (the image module's BitTorrent path): fetch, check sha512, seed.

@@ -362,30 +362,37 @@ def cloud_init_registration(
         ]
         return {"write_files": files, "runcmd": runcmd}
     if system == "htcondor":
-        text = condor_config
-        if text is None:
-            attrs = ["FARM_NODE_NAME"] + (["FARM_FEATURES"] if features else [])
-            text = (
-                "# written by batchvirt.farm at first boot\n"
-                f"CONDOR_HOST = {controller}\n"
-                "DAEMON_LIST = MASTER, STARTD\n"
-                "use feature : PartitionableSlot\n"
-                f'FARM_NODE_NAME = "{node_name}"\n'
-                + (f'FARM_FEATURES = "{",".join(features)}"\n' if features else "")
-                + f"STARTD_ATTRS = $(STARTD_ATTRS) {' '.join(attrs)}\n"
-            )
-        return {
-            "write_files": [
-                {
-                    "path": "/etc/condor/config.d/50-farm.conf",
-                    "content": text,
-                    "owner": "root:root",
-                    "permissions": "0644",
-                }
-            ],
-            "runcmd": [_restart(["condor"])],
-        }
+        return _htcondor_registration(node_name, controller, features, condor_config)
     raise BatchError(f"system={system!r} is not supported: use one of {', '.join(SYSTEMS)}.", "system")
+
+
+def _htcondor_registration(
+    node_name: str, controller: str, features: Sequence[str], condor_config: Optional[str]
+) -> Dict[str, List[Any]]:
+    """:func:`cloud_init_registration` for HTCondor: the execute node's configuration, a restart."""
+    text = condor_config
+    if text is None:
+        attrs = ["FARM_NODE_NAME"] + (["FARM_FEATURES"] if features else [])
+        text = (
+            "# written by batchvirt.farm at first boot\n"
+            f"CONDOR_HOST = {controller}\n"
+            "DAEMON_LIST = MASTER, STARTD\n"
+            "use feature : PartitionableSlot\n"
+            f'FARM_NODE_NAME = "{node_name}"\n'
+            + (f'FARM_FEATURES = "{",".join(features)}"\n' if features else "")
+            + f"STARTD_ATTRS = $(STARTD_ATTRS) {' '.join(attrs)}\n"
+        )
+    return {
+        "write_files": [
+            {
+                "path": "/etc/condor/config.d/50-farm.conf",
+                "content": text,
+                "owner": "root:root",
+                "permissions": "0644",
+            }
+        ],
+        "runcmd": [_restart(["condor"])],
+    }
 
 
 def _key_b64(munge_key: Any) -> str:

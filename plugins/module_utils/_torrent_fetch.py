@@ -125,6 +125,16 @@ def _wait_until_done(
         time.sleep(0.05)
 
 
+def _check_complete(source: str, dest: str, size: int, info_hash: str, state_dir: str) -> None:
+    actual = os.path.getsize(dest) if os.path.exists(dest) else -1
+    if actual != size:
+        stop_seeding(info_hash, state_dir)
+        raise TorrentError(
+            message=f"fetching {source}: the engine finished but {dest} holds {actual} of "
+            f"{size} bytes; the download is incomplete"
+        )
+
+
 def fetch(
     source: str,
     dest_partial_path: str,
@@ -181,13 +191,7 @@ def fetch(
         status = _wait_until_done(source, dest, paths, pid, info_hash, state_dir, timeout, started)
         if info is None:  # a magnet: the engine saved the metadata as <info hash>.torrent
             info = read_torrent_lt(lt, paths["torrent"])
-        actual = os.path.getsize(dest) if os.path.exists(dest) else -1
-        if actual != info["size"]:
-            stop_seeding(info_hash, state_dir)
-            raise TorrentError(
-                message=f"fetching {source}: the engine finished but {dest} holds {actual} of "
-                f"{info['size']} bytes; the download is incomplete"
-            )
+        _check_complete(source, dest, info["size"], info_hash, state_dir)
         if seed_for > 0:
             record(info, paths, pid, dest, until)
         else:

@@ -17,7 +17,7 @@ import pytest
 from tests.integration.torrent.netlab import NetLab
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RANGESERVER = os.path.join(HERE, "rangeserver.py")
+RANGESERVER = os.path.join(os.path.dirname(HERE), "images", "_server.py")  # the one test HTTP server
 
 
 def free_port(host: str = "127.0.0.1") -> int:

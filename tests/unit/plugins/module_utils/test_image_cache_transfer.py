@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ansible_collections.batchvirt.farm.plugins.module_utils import _transfer
+from ansible_collections.batchvirt.farm.plugins.module_utils import _transfer_sink
 from ansible_collections.batchvirt.farm.plugins.module_utils._transfer import TransferError, fetch
 
 DATA = os.urandom(5 * 1024 * 1024 + 123)
@@ -59,7 +59,7 @@ def test_size_mismatch_of_a_file_source(tmp_path, source):
 
 
 def test_sink_refuses_more_than_the_published_size(tmp_path):
-    sink = _transfer._Sink("http://x/i", str(tmp_path / "o"), 10, 0)
+    sink = _transfer_sink.Sink("http://x/i", str(tmp_path / "o"), 10, 0)
     sink.write(b"12345")
     with pytest.raises(TransferError) as err:
         sink.write(b"123456")
@@ -69,7 +69,7 @@ def test_sink_refuses_more_than_the_published_size(tmp_path):
 
 
 def test_sink_reports_a_truncated_download_as_resumable(tmp_path):
-    sink = _transfer._Sink("http://x/i", str(tmp_path / "o"), 10, 0)
+    sink = _transfer_sink.Sink("http://x/i", str(tmp_path / "o"), 10, 0)
     sink.write(b"12345")
     with pytest.raises(TransferError) as err:
         sink.finish(hashlib.sha512(b"1234567890").hexdigest(), fsync=True)
@@ -77,7 +77,7 @@ def test_sink_reports_a_truncated_download_as_resumable(tmp_path):
 
 
 def test_writer_failure_surfaces_as_transfer_error(tmp_path):
-    sink = _transfer._Sink("http://x/i", str(tmp_path / "o"), 1 << 30, 0)
+    sink = _transfer_sink.Sink("http://x/i", str(tmp_path / "o"), 1 << 30, 0)
 
     def disk_full(_chunk):
         raise OSError(28, "No space left on device")
