@@ -156,7 +156,7 @@ def fetch(
 
     Options (``opts``): ``state_dir`` (engine state and kept .torrent files; default
     ``/var/lib/batchvirt/torrent``), ``engine_dir`` (the engine's root-owned directory; default
-    ``/usr/local/lib/batchvirt/torrent-engine``), ``listen_port`` (``"6881-6999"``: the first
+    ``/usr/libexec/batchvirt/torrent-engine``), ``listen_port`` (``"6881-6999"``: the first
     free port), ``trackers`` and ``web_seeds`` (extra, added to the torrent's),
     ``web_seed_delay`` (seconds without data from any peer before the web seeds are used; 3),
     ``seed_for_seconds``, ``max_upload_limit`` / ``max_download_limit`` (bytes/s), ``dht``

@@ -46,7 +46,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._torrent_engine imp
 from ansible_collections.batchvirt.farm.plugins.module_utils._torrent_meta import TorrentError, read_torrent
 
 DEFAULT_STATE_DIR = "/var/lib/batchvirt/torrent"
-DEFAULT_ENGINE_DIR = "/usr/local/lib/batchvirt/torrent-engine"
+DEFAULT_ENGINE_DIR = "/usr/libexec/batchvirt/torrent-engine"
 
 # The engine: these module_utils (the engine process imports nothing else of the collection),
 # installed under their own package path below the engine directory; and the launcher.

@@ -6,7 +6,7 @@ The engine (``_torrent_engine``, ``_torrent_seeder`` and the files they import, 
 ``_torrent_jobs.ENGINE_FILES``) outlives the module that starts it, so it cannot run from the
 module's temporary directory. It is installed, by the ``image_cache`` and ``image_seeder``
 roles or by the transport itself, into an engine directory (default
-``/usr/local/lib/batchvirt/torrent-engine``)::
+``/usr/libexec/batchvirt/torrent-engine``)::
 
     ENGINE_DIR/launch.py                                         this file
     ENGINE_DIR/ansible_collections/batchvirt/farm/plugins/module_utils/_torrent_engine.py ...

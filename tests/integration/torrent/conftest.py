@@ -118,6 +118,18 @@ class Tracker:
         time.sleep(0.3)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_dir_left_as_found():
+    """The transport installs its engine into the system's default engine directory at its first
+    use; remove what these tests installed there when it was not there before."""
+    from ansible_collections.batchvirt.farm.plugins.module_utils._torrent_jobs import DEFAULT_ENGINE_DIR
+
+    created = [path for path in (DEFAULT_ENGINE_DIR, os.path.dirname(DEFAULT_ENGINE_DIR)) if not os.path.exists(path)]
+    yield
+    for path in created:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def swarm(hostbed) -> Swarm:  # type: ignore[no-untyped-def]
     if shutil.which("opentracker") is None:

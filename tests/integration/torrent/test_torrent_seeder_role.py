@@ -170,3 +170,40 @@ def test_seeder_role_serves_the_swarm(swarm, hostbed):
     nolib = run_playbook(PLAYBOOK, inventory=LOCALHOST, extravars=dict(extravars, farm_image_seeder_python=fake))
     assert nolib.rc != 0
     assert f"{fake} cannot import libtorrent (ModuleNotFoundError: No module named 'libtorrent')" in nolib.stdout
+
+
+def test_seeder_role_refuses_an_engine_directory_others_can_write(swarm, hostbed):
+    """The engine runs as root: a directory above it that anyone can write is named, and nothing
+    (no service, no unit) is installed."""
+    name = hostbed.name("seeder")
+    shared = os.path.join(swarm.tmp, "shared")
+    os.makedirs(shared)
+    os.chmod(shared, 0o777)  # world-writable and not sticky: anyone could swap the engine
+    engine_dir = os.path.join(shared, "engine")
+    image = swarm.image(size=1024 * 1024)
+    meta = _torrent_meta.make_torrent(image, ["http://127.0.0.1:9/announce"], [])
+    extravars = {
+        "farm_image_seeder_service_name": name,
+        "farm_image_seeder_state_dir": os.path.join(swarm.tmp, "seeder-state"),
+        "farm_image_seeder_engine_dir": engine_dir,
+        "farm_image_seeder_torrents": [{"torrent": meta["path"], "data": image}],
+        "farm_image_seeder_install_package": False,
+        "farm_image_seeder_enabled": False,
+    }
+    refused = run_playbook(PLAYBOOK, inventory=LOCALHOST, extravars=extravars)
+    assert refused.rc != 0
+    assert f"refusing to run the BitTorrent engine from {engine_dir}: {shared} is writable" in refused.stdout
+    assert not os.path.exists(f"/etc/init.d/{name}") and not os.path.exists(f"/etc/systemd/system/{name}.service")
+    os.chmod(shared, 0o755)  # the same play once the directory is safe: it installs and starts
+
+    def remove_service() -> None:
+        if os.path.exists(f"/etc/init.d/{name}"):
+            subprocess.run([f"/etc/init.d/{name}", "stop"], capture_output=True, check=False)
+        for path in (f"/etc/init.d/{name}", f"/etc/systemd/system/{name}.service"):
+            if os.path.exists(path):
+                os.unlink(path)
+
+    hostbed.cleanup(remove_service)
+    accepted = run_playbook(PLAYBOOK, inventory=LOCALHOST, extravars=extravars)
+    assert accepted.rc == 0, accepted.stdout[-3000:]
+    assert os.path.isfile(os.path.join(engine_dir, "launch.py")) and _status(name) == 0
