@@ -125,7 +125,7 @@ def test_bad_torrent_source_is_named(swarm):
     base = swarm.http(swarm.tmp)
     with pytest.raises(_torrent_meta.TorrentError) as err:
         _torrent_fetch.fetch(f"{base}/missing.torrent", os.path.join(swarm.tmp, "y.part"), None, None, timeout=5,
-                       state_dir=swarm.state_dir("y"))  # fmt: skip
+                             state_dir=swarm.state_dir("y"))  # fmt: skip
     assert f"downloading the torrent file {base}/missing.torrent failed" in err.value.message
     assert "404" in err.value.message
 
@@ -185,7 +185,7 @@ def test_killed_download_resumes(swarm):
     state = swarm.state_dir("hv1")
     with pytest.raises(_torrent_meta.TorrentError) as err:
         _torrent_fetch.fetch(meta["path"], dest, None, None, timeout=3, state_dir=state, web_seed_delay=0,
-                       max_download_limit=2 * 1024 * 1024)  # fmt: skip
+                             max_download_limit=2 * 1024 * 1024)  # fmt: skip
     assert "partial data kept for a resume" in err.value.message
     assert os.path.exists(dest) and not filecmp.cmp(dest, image, shallow=False)
     assert _torrent_jobs.seeding_status(state) == [] and not os.path.exists(
