@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import (
     _errors,
@@ -104,24 +104,35 @@ def _makedirs(path: str) -> None:
     os.chmod(path, 0o755)
 
 
-def _write_file(path: str, content: str) -> None:
-    """Write ``path`` (0644) atomically, and its bytecode (the engine runs with ``-B``)."""
+def _replace(path: str, write: Callable[[str], None]) -> None:
+    """Make ``path`` (0644) with ``write(temporary path)``, then rename it into place: engines and
+    concurrent installs (several hypervisors' modules at once) see the old file or the new one."""
     _makedirs(os.path.dirname(path))
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".install-")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
+        write(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _write_file(path: str, content: str) -> None:
+    """Write ``path`` and its bytecode (the engine runs with ``-B``: it never writes any itself)."""
+
+    def text(tmp: str) -> None:
+        with open(tmp, "w") as handle:
+            handle.write(content)
+
+    _replace(path, text)
     if path.endswith(".py") and os.path.basename(path) != ENGINE_LAUNCHER:
-        cache = importlib.util.cache_from_source(path)
-        _makedirs(os.path.dirname(cache))
-        py_compile.compile(path, cfile=cache, doraise=True)
-        os.chmod(cache, 0o644)
+        _replace(
+            importlib.util.cache_from_source(path),
+            lambda tmp: py_compile.compile(path, cfile=tmp, doraise=True) and None,
+        )
 
 
 def install_engine(engine_dir: str = DEFAULT_ENGINE_DIR) -> str:

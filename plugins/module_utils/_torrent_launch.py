@@ -70,7 +70,10 @@ def unsafe_paths(root: str) -> List[str]:
             problems.append(problem)
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
-            st = os.lstat(path)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:  # a temporary file of a concurrent install, already renamed
+                continue
             if stat.S_ISLNK(st.st_mode):
                 problems.append(f"{path} is a symbolic link")
             elif name in filenames:
