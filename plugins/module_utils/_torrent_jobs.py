@@ -127,12 +127,12 @@ def _write_file(path: str, content: str) -> None:
         with open(tmp, "w") as handle:
             handle.write(content)
 
+    def bytecode(tmp: str) -> None:
+        py_compile.compile(path, cfile=tmp, doraise=True)
+
     _replace(path, text)
     if path.endswith(".py") and os.path.basename(path) != ENGINE_LAUNCHER:
-        _replace(
-            importlib.util.cache_from_source(path),
-            lambda tmp: py_compile.compile(path, cfile=tmp, doraise=True) and None,
-        )
+        _replace(importlib.util.cache_from_source(path), bytecode)
 
 
 def install_engine(engine_dir: str = DEFAULT_ENGINE_DIR) -> str:
