@@ -10,7 +10,9 @@ import stat
 import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _imagelist as il
+from ansible_collections.batchvirt.farm.plugins.module_utils import _imagelist_fetch
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time
 from tests.unit.plugins.modules.image_list.imagelist_pki import DAY, LIST_ID, PKI, sha
 
 
@@ -263,7 +265,7 @@ def test_fetch_limits(tmp_path):
 def test_created_time_is_whole_seconds(pki, files, tmp_path):
     now = pki.now + datetime.timedelta(microseconds=123456)
     result = publish(pki, tmp_path / "l", images(files), now=now)
-    assert result["created"] == il.format_time(pki.now)
+    assert result["created"] == format_time(pki.now)
 
 
 class _Trickle:
@@ -279,9 +281,9 @@ class _Trickle:
 
 def test_trickling_server_hits_the_deadline(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(il.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_imagelist_fetch.time, "monotonic", lambda: clock[0])
     with pytest.raises(il.ImageListError) as err:
-        il._read_limited(_Trickle(clock), 1000, deadline=10.0)
+        _imagelist_fetch._read_limited(_Trickle(clock), 1000, deadline=10.0)
     assert err.value.reason == "fetch_failed"
     assert "did not finish within the timeout (11 bytes read)" in str(err.value)
 
@@ -291,7 +293,7 @@ def test_unreadable_existing_file_needs_an_explicit_version(pki, files, tmp_path
     path.write_text("not a signed list\n")
     with pytest.raises(il.ImageListError) as err:
         publish(pki, path, images(files))
-    assert err.value.field_name == "path"
+    assert err.value.option == "path"
     assert "is not a readable signed image list" in str(err.value)
     assert "set O(version) higher than the last published version" in str(err.value)
     assert path.read_text() == "not a signed list\n"

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _imagelist as il
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time
 
 DAY = datetime.timedelta(days=1)
 
@@ -206,8 +207,8 @@ def list_obj(
         "dc:title": "Batch farm images",
         "dc:description": "test list",
         "hv:version": version,
-        "dc:date:created": il.format_time(created or pki.now - DAY),
-        "dc:date:expires": il.format_time(expires or pki.now + 27 * DAY),
+        "dc:date:created": format_time(created or pki.now - DAY),
+        "dc:date:expires": format_time(expires or pki.now + 27 * DAY),
         "hv:endorser": {
             "hv:x509": {
                 "hv:dn": signer.dn,
