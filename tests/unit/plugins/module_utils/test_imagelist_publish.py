@@ -247,6 +247,34 @@ def test_check_mode_on_a_fresh_host_creates_nothing(pki, files, tmp_path):
     assert not os.path.exists(cache.state_dir)
 
 
+def test_hostile_format_fails_in_check_mode(pki, tmp_path):
+    """hv:format is checked while the list is verified, so check mode already refuses it (it used to
+    pass check mode and fail only when the cache recorded the list, as cache_error)."""
+    from tests.unit.plugins.modules.image_list.imagelist_pki import image_obj, list_obj, sign_obj
+
+    path = tmp_path / "farm.list"
+    path.write_bytes(sign_obj(list_obj(pki, images=[image_obj(**{"hv:format": "../../x"})]), pki.endorser))
+    cache = ImageCache(str(tmp_path / "images"))
+    for check_mode in (True, False):
+        with pytest.raises(il.ImageListError) as err:
+            il.subscribe(cache, str(path), LIST_ID, pki.ca_dir, now=pki.now, check_mode=check_mode)
+        assert err.value.reason == "hostile_identifier"
+        assert err.value.option == "hv:images[0].hv:image.hv:format"
+    assert cache.accepted_list_version(LIST_ID) is None
+    cache.close()
+
+
+def test_bump_version_follows_the_one_order():
+    assert il.bump_version("3.9") == "3.10"
+    assert il.bump_version("2026-11-21") == "2026-11-22"
+    assert il.bump_version("1.0rc1") == "1.0rc2"
+    assert il.bump_version("2026.01.09") == "2026.01.10"
+    with pytest.raises(il.ImageListError) as err:
+        il.bump_version("1.0-beta")
+    assert err.value.option == "version"
+    assert "set O(version) explicitly" in str(err.value)
+
+
 def test_fetch_limits(tmp_path):
     big = tmp_path / "big"
     big.write_bytes(b"x" * 2048)
