@@ -67,9 +67,12 @@ options:
   version:
     description:
       - The C(hv:version) to publish. When omitted, a new list starts at V(1) and every change
-        bumps the last numeric component of the published version (V(3.9) becomes V(3.10)).
+        bumps the last number of the published version (V(3.9) becomes V(3.10), V(2026-11-21)
+        becomes V(2026-11-22)); a published version that does not end with a number needs O(version).
       - When given, it must be higher than the published version whenever the content changes,
-        else subscribers would refuse the list as a rollback.
+        else subscribers would refuse the list as a rollback. Versions compare in the
+        collection's one version order (numbers numerically, V(1.9) before V(1.10); V(.) and
+        V(-) only separate; a word such as V(rc1) sorts before the release).
     type: str
   expires_in:
     description: Days from signing until C(dc:date:expires).
@@ -262,7 +265,8 @@ reason:
   type: str
 """
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import ImageListError, publish  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_model import ImageListError  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_publish import publish  # noqa: E402
 from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule  # noqa: E402
 
 IMAGE_SPEC = {
@@ -334,7 +338,7 @@ def main() -> None:
             check_mode=module.check_mode,
         )
     except ImageListError as exc:
-        module.fail_from(exc, reason=exc.reason, field=exc.field_name)
+        module.fail_from(exc, reason=exc.reason, field=exc.option)
         return
     diff = result.pop("diff", None)
     if module._diff and diff is not None:

@@ -13,12 +13,18 @@ description:
   - Fetches a signed HEPiX image list, verifies it the way vmcatcher does, records the accepted
     list in the hypervisor's image cache and reports which images are new, still endorsed
     (current), or no longer endorsed (withdrawn).
-  - "Checks, in order: size limit, S/MIME signature and signer chain against the CAs in O(ca_dir)
-    only (at the current time), JSON, schema and hostile content (identifiers that would escape
-    the image directory, forbidden URI schemes), endorser C(hv:dn)/C(hv:ca) equal to the signer's
-    subject/issuer (RFC 4514 or OpenSSL slash form), O(endorser_dn), list identifier equal to
-    O(identifier), C(dc:date:created) not in the future, not past C(dc:date:expires), and
-    C(hv:version) not lower than the version already accepted (rollback or replay)."
+  - "Checks, in order: size limit, pinning (O(endorser_ca) required with O(endorser_dn) when
+    O(ca_dir) holds more than one CA), S/MIME signature and signer chain against the CAs in
+    O(ca_dir) only (at the current time), revocation of the signer and its CAs against the CRLs in
+    O(ca_dir) (see O(crl)), JSON, schema and hostile content (a missing required field such as
+    C(hv:images) or an image's C(hv:version), identifiers and C(hv:format) values that would
+    escape the image directory, forbidden URI schemes), endorser C(hv:dn)/C(hv:ca) equal to the
+    signer's subject/issuer (RFC 4514 or OpenSSL slash form), O(endorser_dn) and O(endorser_ca),
+    list identifier equal to O(identifier), C(dc:date:created) not in the future, not past
+    C(dc:date:expires), and C(hv:version) not lower than the version already accepted (rollback
+    or replay), in the collection's one version order."
+  - A list without C(hv:images) is refused as V(malformed); only an explicit empty C(hv:images)
+    withdraws every image.
   - A refused list fails the task with the reason and leaves the cache as it was, so the
     previously accepted list and its images stay usable.
   - It never downloads an image and never marks one ready; M(batchvirt.farm.image) stages them.
@@ -53,18 +59,34 @@ options:
   ca_dir:
     description:
       - The directory of trusted CA certificates (hashed C(xxxxxxxx.0) files as in
-        C(/etc/grid-security/certificates), or plain C(.pem)/C(.crt) files). The system trust
-        store is not used.
+        C(/etc/grid-security/certificates), or plain C(.pem)/C(.crt) files) and their CRLs
+        (C(xxxxxxxx.r0)). The system trust store is not used.
     type: path
     required: true
   endorser_dn:
     description:
       - The expected subject of the signer (RFC 4514 or OpenSSL slash form). When given, a list
         signed by anyone else is refused even if their CA is trusted.
+      - A DN pins one endorser only together with its CA. When O(ca_dir) holds more than one CA
+        (such as the IGTF bundle), O(endorser_dn) without O(endorser_ca) is refused with
+        RV(reason=endorser_ca_required).
     type: str
   endorser_ca:
-    description: The expected issuer of the signer's certificate (RFC 4514 or OpenSSL slash form).
+    description:
+      - The expected issuer of the signer's certificate (RFC 4514 or OpenSSL slash form), the
+        C(hv:ca) of the list. Required with O(endorser_dn) when O(ca_dir) holds more than one CA.
     type: str
+  crl:
+    description:
+      - How the certificate revocation lists in O(ca_dir) (the C(<hash>.r0) files that fetch-crl
+        writes; also C(*.crl), C(*.crl.pem)) are used. A CRL counts only when it is signed by its CA.
+      - V(use) refuses a list whose signer (or a CA above it) is revoked, and warns when a CA of the
+        chain has no CRL or only CRLs past their nextUpdate.
+      - V(require) refuses the list in those two cases too (RV(reason=crl_missing), RV(reason=crl_expired)).
+      - V(ignore) does not read CRLs.
+    type: str
+    choices: [require, use, ignore]
+    default: use
   cache_root:
     description: The image cache's pool directory; its database lives in C(<cache_root>.cache).
     type: path
@@ -104,7 +126,10 @@ EXAMPLES = r"""
     url: https://images.example.org/farm.list
     identifier: e2c6b8a4-3f1d-4c55-9a7e-1b2c3d4e5f60
     ca_dir: /etc/grid-security/certificates
+    # the IGTF bundle holds many CAs: pin the endorser's DN and its CA
     endorser_dn: /C=DE/O=GermanGrid/OU=KIT/CN=Image Endorser
+    endorser_ca: /C=DE/O=GermanGrid/CN=GridKa-CA
+    crl: require
   register: farm_subscription
 
 - name: Show what the list no longer endorses
@@ -159,10 +184,10 @@ withdrawn:
 reason:
   description:
     - Why the list was refused, one of V(bad_signature), V(untrusted_ca), V(signer_expired),
-      V(endorser_mismatch), V(expired), V(created_in_future), V(version_rollback),
-      V(version_incomparable), V(identifier_mismatch), V(malformed), V(too_large),
-      V(hostile_identifier), V(forbidden_uri), V(fetch_failed), V(bad_ca_dir), V(openssl_missing), V(missing_library),
-      V(cache_error).
+      V(revoked), V(crl_missing), V(crl_expired), V(endorser_mismatch), V(endorser_ca_required),
+      V(expired), V(created_in_future), V(version_rollback), V(identifier_mismatch), V(malformed),
+      V(too_large), V(hostile_identifier), V(forbidden_uri), V(fetch_failed), V(bad_ca_dir),
+      V(openssl_missing), V(missing_library), V(cache_error).
   returned: failure
   type: str
 field:
@@ -173,10 +198,14 @@ field:
 """
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache, ImageCacheError  # noqa: E402
-from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import (  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_model import (  # noqa: E402
     DEFAULT_MAX_BYTES,
     ImageListError,
-    subscribe,
+)
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_subscribe import subscribe  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_trust import (  # noqa: E402
+    CRL_POLICIES,
+    DEFAULT_CRL_POLICY,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule  # noqa: E402
 
@@ -189,6 +218,7 @@ def main() -> None:
             "ca_dir": {"type": "path", "required": True},
             "endorser_dn": {"type": "str"},
             "endorser_ca": {"type": "str"},
+            "crl": {"type": "str", "choices": list(CRL_POLICIES), "default": DEFAULT_CRL_POLICY},
             "cache_root": {"type": "path", "default": "/var/lib/batchvirt/images"},
             "max_size": {"type": "int", "default": DEFAULT_MAX_BYTES},
             "timeout": {"type": "int", "default": 30},
@@ -211,6 +241,8 @@ def main() -> None:
         "validate_certs": p["validate_certs"],
         "clock_skew": p["clock_skew"],
         "allow_file_uri": p["allow_file_uri"],
+        "crl": p["crl"],
+        "warn": module.warn,
         "check_mode": module.check_mode,
     }
     try:
@@ -221,7 +253,7 @@ def main() -> None:
                 with cache.lock(timeout=p["lock_timeout"], purpose="image_subscription " + p["identifier"]):
                     result = subscribe(cache, **kwargs)
     except ImageListError as exc:
-        module.fail_from(exc, reason=exc.reason, field=exc.field_name, url=p["url"])
+        module.fail_from(exc, reason=exc.reason, field=exc.option, url=p["url"])
         return
     except ImageCacheError as exc:
         module.fail_from(exc, reason="cache_error", url=p["url"])

@@ -1,15 +1,18 @@
-"""Fixtures of the image list integration tests: a test PKI and a real HTTP server on 127.0.0.1."""
+"""Fixtures of the image list integration tests: a test PKI, a real ``openssl ca`` over its root,
+and a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
 import http.server
 import os
+import subprocess
 import threading
 import time
+from typing import Optional
 
 import pytest
 
-from tests.unit.plugins.modules.image_list.imagelist_pki import PKI
+from tests.unit.plugins.modules.image_list.imagelist_pki import PKI, Party, subject_hash
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +67,41 @@ def workdir(tmp_path):
     path.mkdir()
     os.chmod(path, 0o755)
     return path
+
+
+class OpensslCA:
+    """The test root CA driven by the real ``openssl ca`` (its database, ``-revoke``, ``-gencrl``),
+    writing its CRL into ``ca_dir`` as ``<hash>.r0``, the way fetch-crl leaves it."""
+
+    def __init__(self, directory: str, ca: Party, ca_dir: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.ca, self.ca_dir = ca, ca_dir
+        self.config = os.path.join(directory, "ca.cnf")
+        with open(os.path.join(directory, "index.txt"), "w"):
+            pass
+        with open(os.path.join(directory, "crlnumber"), "w") as fh:
+            fh.write("01\n")
+        with open(self.config, "w") as fh:
+            fh.write(
+                "[ ca ]\ndefault_ca = farm_ca\n[ farm_ca ]\n"
+                f"database = {directory}/index.txt\ncrlnumber = {directory}/crlnumber\n"
+                f"certificate = {ca.cert_path}\nprivate_key = {ca.key_path}\n"
+                "default_md = sha256\ndefault_crl_days = 7\n"
+            )
+
+    def _openssl(self, *args: str) -> None:
+        subprocess.run(["openssl", "ca", "-config", self.config, *args], check=True, capture_output=True)
+
+    def revoke(self, party: Party) -> None:
+        self._openssl("-revoke", party.cert_path)
+
+    def gencrl(self, last_update: Optional[str] = None, next_update: Optional[str] = None) -> str:
+        """Write the CRL (dates as ``YYYYMMDDHHMMSSZ``, default now and now + 7 days); its path."""
+        path = os.path.join(self.ca_dir, subject_hash(self.ca.cert_path) + ".r0")
+        dates = []
+        if last_update:
+            dates += ["-crl_lastupdate", last_update]
+        if next_update:
+            dates += ["-crl_nextupdate", next_update]
+        self._openssl("-gencrl", "-out", path, *dates)
+        return path

@@ -10,7 +10,9 @@ import stat
 import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _imagelist as il
+from ansible_collections.batchvirt.farm.plugins.module_utils import _imagelist_fetch
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time
 from tests.unit.plugins.modules.image_list.imagelist_pki import DAY, LIST_ID, PKI, sha
 
 
@@ -245,6 +247,34 @@ def test_check_mode_on_a_fresh_host_creates_nothing(pki, files, tmp_path):
     assert not os.path.exists(cache.state_dir)
 
 
+def test_hostile_format_fails_in_check_mode(pki, tmp_path):
+    """hv:format is checked while the list is verified, so check mode already refuses it (it used to
+    pass check mode and fail only when the cache recorded the list, as cache_error)."""
+    from tests.unit.plugins.modules.image_list.imagelist_pki import image_obj, list_obj, sign_obj
+
+    path = tmp_path / "farm.list"
+    path.write_bytes(sign_obj(list_obj(pki, images=[image_obj(**{"hv:format": "../../x"})]), pki.endorser))
+    cache = ImageCache(str(tmp_path / "images"))
+    for check_mode in (True, False):
+        with pytest.raises(il.ImageListError) as err:
+            il.subscribe(cache, str(path), LIST_ID, pki.ca_dir, now=pki.now, check_mode=check_mode)
+        assert err.value.reason == "hostile_identifier"
+        assert err.value.option == "hv:images[0].hv:image.hv:format"
+    assert cache.accepted_list_version(LIST_ID) is None
+    cache.close()
+
+
+def test_bump_version_follows_the_one_order():
+    assert il.bump_version("3.9") == "3.10"
+    assert il.bump_version("2026-11-21") == "2026-11-22"
+    assert il.bump_version("1.0rc1") == "1.0rc2"
+    assert il.bump_version("2026.01.09") == "2026.01.10"
+    with pytest.raises(il.ImageListError) as err:
+        il.bump_version("1.0-beta")
+    assert err.value.option == "version"
+    assert "set O(version) explicitly" in str(err.value)
+
+
 def test_fetch_limits(tmp_path):
     big = tmp_path / "big"
     big.write_bytes(b"x" * 2048)
@@ -263,7 +293,7 @@ def test_fetch_limits(tmp_path):
 def test_created_time_is_whole_seconds(pki, files, tmp_path):
     now = pki.now + datetime.timedelta(microseconds=123456)
     result = publish(pki, tmp_path / "l", images(files), now=now)
-    assert result["created"] == il.format_time(pki.now)
+    assert result["created"] == format_time(pki.now)
 
 
 class _Trickle:
@@ -279,9 +309,9 @@ class _Trickle:
 
 def test_trickling_server_hits_the_deadline(monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr(il.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_imagelist_fetch.time, "monotonic", lambda: clock[0])
     with pytest.raises(il.ImageListError) as err:
-        il._read_limited(_Trickle(clock), 1000, deadline=10.0)
+        _imagelist_fetch._read_limited(_Trickle(clock), 1000, deadline=10.0)
     assert err.value.reason == "fetch_failed"
     assert "did not finish within the timeout (11 bytes read)" in str(err.value)
 
@@ -291,7 +321,7 @@ def test_unreadable_existing_file_needs_an_explicit_version(pki, files, tmp_path
     path.write_text("not a signed list\n")
     with pytest.raises(il.ImageListError) as err:
         publish(pki, path, images(files))
-    assert err.value.field_name == "path"
+    assert err.value.option == "path"
     assert "is not a readable signed image list" in str(err.value)
     assert "set O(version) higher than the last published version" in str(err.value)
     assert path.read_text() == "not a signed list\n"

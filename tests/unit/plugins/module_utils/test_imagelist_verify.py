@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _imagelist as il
+from ansible_collections.batchvirt.farm.plugins.module_utils._version import compare_versions
 from tests.unit.plugins.modules.image_list.imagelist_pki import (
     DAY,
     LIST_ID,
@@ -127,14 +128,14 @@ def test_endorser_dn_not_the_signer(pki):
     obj = list_obj(pki)
     obj["hv:imagelist"]["hv:endorser"]["hv:x509"]["hv:dn"] = pki.other.dn
     err = refused(pki, sign_obj(obj, pki.endorser), "endorser_mismatch", "Someone Else", "was signed by")
-    assert err.field_name.endswith("hv:dn")
+    assert err.option.endswith("hv:dn")
 
 
 def test_endorser_ca_not_the_signer_issuer(pki):
     obj = list_obj(pki)
     obj["hv:imagelist"]["hv:endorser"]["hv:x509"]["hv:ca"] = pki.rogue.dn
     err = refused(pki, sign_obj(obj, pki.endorser), "endorser_mismatch", "Rogue CA", "hv:ca")
-    assert err.field_name.endswith("hv:ca")
+    assert err.option.endswith("hv:ca")
 
 
 def test_expected_endorser_dn(pki):
@@ -186,14 +187,13 @@ def test_version_rollback_refused(pki):
 
 
 def test_versions_compare_numerically():
-    assert il.compare_versions("3.10", "3.9") == 1
-    assert il.compare_versions("3.0", "3") == 0
-    assert il.compare_versions("20261121", "20261120") == 1
+    assert compare_versions("3.10", "3.9") == 1
+    assert compare_versions("3.0", "3") == 0
+    assert compare_versions("20261121", "20261120") == 1
     assert il.bump_version("3.9") == "3.10"
-    with pytest.raises(il.ImageListError) as err:
-        il.compare_versions("beta", "3")
-    assert err.value.reason == "version_incomparable"
-    assert "only dotted numeric versions" in str(err.value)
+    # one total order (_version): a word sorts below a number, nothing is "incomparable" any more
+    assert compare_versions("beta", "3") == -1
+    assert "version_incomparable" not in il.REASONS
 
 
 def test_malformed_json_reports_the_position(pki):
@@ -227,7 +227,7 @@ def test_list_far_too_large_refused_before_parsing(pki):
 def test_hostile_image_identifier(pki, identifier):
     obj = list_obj(pki, images=[image_obj(identifier=identifier)])
     err = refused(pki, sign_obj(obj, pki.endorser), "hostile_identifier", "part of a file name", "no '/', '..' or NUL")
-    assert err.field_name == "hv:images[0].hv:image.dc:identifier"
+    assert err.option == "hv:images[0].hv:image.dc:identifier"
 
 
 def test_hostile_image_version_and_list_identifier(pki):
@@ -243,7 +243,7 @@ def test_hostile_image_version_and_list_identifier(pki):
 def test_forbidden_image_uri(pki, uri):
     obj = list_obj(pki, images=[image_obj(**{"hv:uri": uri})])
     err = refused(pki, sign_obj(obj, pki.endorser), "forbidden_uri", "is not allowed", "allowed: https, http, magnet")
-    assert err.field_name == "hv:images[0].hv:image.hv:uri"
+    assert err.option == "hv:images[0].hv:image.hv:uri"
 
 
 def test_file_uri_only_when_allowed(pki):
@@ -312,3 +312,58 @@ def test_lists_signed_by_the_openssl_tool_verify(pki, tmp_path, flags):
     ilist = verify(pki, out.read_bytes())
     assert ilist.identifier == LIST_ID
     assert ilist.images[0].identifier == "worker-el9"
+
+
+# --------------------------------------------------------------------------- fail-closed parsing (issue 14)
+
+
+def test_signed_list_without_hv_images_is_malformed(pki):
+    """A missing hv:images is never read as "every image withdrawn"."""
+    obj = list_obj(pki)
+    del obj["hv:imagelist"]["hv:images"]
+    err = refused(pki, sign_obj(obj, pki.endorser), "malformed", "hv:images: missing", "nothing was withdrawn")
+    assert err.option == "hv:imagelist.hv:images"
+    obj["hv:imagelist"]["hv:images"] = None
+    refused(pki, sign_obj(obj, pki.endorser), "malformed", "hv:images: must be a list")
+
+
+def test_explicit_empty_hv_images_withdraws_everything(pki):
+    assert verify(pki, sign_obj(list_obj(pki, images=[]), pki.endorser)).images == []
+
+
+@pytest.mark.parametrize("version", [None, ""], ids=["absent", "empty"])
+def test_image_without_hv_version_is_malformed(pki, version):
+    image = image_obj()
+    if version is None:
+        del image["hv:image"]["hv:version"]
+    else:
+        image["hv:image"]["hv:version"] = version
+    err = refused(pki, sign_obj(list_obj(pki, images=[image]), pki.endorser), "malformed", "hv:version: missing")
+    assert err.option == "hv:images[0].hv:image.hv:version"
+
+
+@pytest.mark.parametrize("fmt", ["../../etc/cron.d/x", "qcow2/../x", "qc ow2", "a" * 17])
+def test_hostile_hv_format_is_refused_while_verifying(pki, fmt):
+    obj = list_obj(pki, images=[image_obj(**{"hv:format": fmt})])
+    err = refused(pki, sign_obj(obj, pki.endorser), "hostile_identifier", "file name")
+    assert err.option == "hv:images[0].hv:image.hv:format"
+
+
+def test_hv_format_of_the_wrong_type_is_malformed(pki):
+    obj = list_obj(pki, images=[image_obj(**{"hv:format": ["qcow2"]})])
+    refused(pki, sign_obj(obj, pki.endorser), "malformed", "hv:format: must be a string")
+    # absent or the usual names are fine
+    image = image_obj()
+    del image["hv:image"]["hv:format"]
+    assert verify(pki, sign_obj(list_obj(pki, images=[image]), pki.endorser)).images[0].format == ""
+    assert verify(pki, sign_obj(list_obj(pki, images=[image_obj(**{"hv:format": "raw"})]), pki.endorser))
+
+
+def test_rollback_check_uses_the_one_total_version_order(pki):
+    """No more version_incomparable: a word sorts below a number, dashed and dotted dates are equal."""
+    assert verify(pki, sign_obj(list_obj(pki, version="3"), pki.endorser), accepted_version="beta").version == "3"
+    refused(pki, sign_obj(list_obj(pki, version="beta"), pki.endorser), "version_rollback", accepted_version="3")
+    dashed = sign_obj(list_obj(pki, version="2026-11-21"), pki.endorser)
+    assert verify(pki, dashed, accepted_version="2026.11.21").version == "2026-11-21"
+    refused(pki, dashed, "version_rollback", accepted_version="2026.11.22")
+    assert verify(pki, sign_obj(list_obj(pki, version="1.10"), pki.endorser), accepted_version="1.9")

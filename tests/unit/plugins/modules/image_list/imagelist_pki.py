@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import subprocess
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _imagelist as il
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time
 
 DAY = datetime.timedelta(days=1)
 
@@ -165,6 +167,54 @@ class PKI:
         )
         return self._write(stem, cert, key)
 
+    def crl(
+        self,
+        issuer: Party,
+        revoked: Sequence[Party] = (),
+        last_update: Optional[datetime.datetime] = None,
+        next_update: Optional[datetime.datetime] = None,
+        signed_by: Optional[Party] = None,
+    ) -> bytes:
+        """A real X.509 CRL (PEM) of ``issuer`` listing ``revoked``, signed by ``issuer`` (or,
+        to forge one, by ``signed_by``'s key under ``issuer``'s name)."""
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(issuer.cert.subject)
+            .last_update(last_update or self.now - DAY)
+            .next_update(next_update or self.now + 7 * DAY)
+        )
+        for party in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(party.cert.serial_number)
+                .revocation_date(self.now - DAY)
+                .build()
+            )
+        key = (signed_by or issuer).key
+        return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    def ca_dir_of(self, directory: str, cas: Sequence[Party], crls: Sequence[bytes] = ()) -> str:
+        """A ``ca_dir`` laid out as /etc/grid-security/certificates: ``<hash>.0`` per CA, and the
+        CRLs as ``<hash>.r0`` of the CA whose name they carry (as fetch-crl writes them)."""
+        os.makedirs(directory, exist_ok=True)
+        for ca in cas:
+            with open(os.path.join(directory, subject_hash(ca.cert_path) + ".0"), "wb") as fh:
+                fh.write(ca.cert_pem)
+        for data in crls:
+            issuer = x509.load_pem_x509_crl(data).issuer
+            ca = next(c for c in cas if c.cert.subject == issuer)
+            with open(os.path.join(directory, subject_hash(ca.cert_path) + ".r0"), "wb") as fh:
+                fh.write(data)
+        return directory
+
+
+def subject_hash(cert_path: str) -> str:
+    """OpenSSL's subject hash of a certificate, the stem of its ``<hash>.0`` and ``<hash>.r0`` files."""
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-hash", "-in", cert_path], check=True, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
 
 def sha(data: bytes) -> str:
     return hashlib.sha512(data).hexdigest()
@@ -206,8 +256,8 @@ def list_obj(
         "dc:title": "Batch farm images",
         "dc:description": "test list",
         "hv:version": version,
-        "dc:date:created": il.format_time(created or pki.now - DAY),
-        "dc:date:expires": il.format_time(expires or pki.now + 27 * DAY),
+        "dc:date:created": format_time(created or pki.now - DAY),
+        "dc:date:expires": format_time(expires or pki.now + 27 * DAY),
         "hv:endorser": {
             "hv:x509": {
                 "hv:dn": signer.dn,

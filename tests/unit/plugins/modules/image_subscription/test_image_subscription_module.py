@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from ansible.module_utils import _internal as ansible_internal
+from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache
 from ansible_collections.batchvirt.farm.plugins.modules import image_subscription
-from tests.unit.plugins.modules.image_list.imagelist_pki import LIST_ID, PKI, list_obj, sign_obj
+from tests.unit.plugins.modules.image_list.imagelist_pki import DAY, LIST_ID, PKI, list_obj, sign_obj
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +22,21 @@ def pki(tmp_path_factory):
 def run(args, capsys, check=False):
     if check:
         args = dict(args, _ansible_check_mode=True)
-    with patch_module_args(args), pytest.raises(SystemExit):
-        image_subscription.main()
+    # Module warnings are process-global, and once another test has loaded controller code they go
+    # to the controller's Display instead of the result: give each run a clean module-side state.
+    ansible_warnings._global_warnings.clear()
+    saved, ansible_internal.is_controller = ansible_internal.is_controller, False
+    try:
+        with patch_module_args(args), pytest.raises(SystemExit):
+            image_subscription.main()
+    finally:
+        ansible_internal.is_controller = saved
     return json.loads(capsys.readouterr().out)
+
+
+def warnings_of(result):
+    """The warning texts of a result (ansible-core 2.19 returns them as event dicts)."""
+    return [w["event"]["msg"] if isinstance(w, dict) else w for w in result.get("warnings", [])]
 
 
 def test_subscribe_idempotent_and_refusal_keeps_cache(pki, tmp_path, capsys):
@@ -79,3 +93,47 @@ def test_fetch_failure(pki, tmp_path, capsys):
     assert result["failed"] is True
     assert result["reason"] == "fetch_failed"
     assert "nope.list" in result["msg"]
+
+
+def test_revoked_endorser_fails_the_task_and_stale_crl_warns(pki, tmp_path, capsys):
+    """crl: use (the default) warns about a CRL past its nextUpdate; a revoked endorser fails the task."""
+    good = tmp_path / "good.list"
+    good.write_bytes(sign_obj(list_obj(pki, version="7"), pki.endorser))
+    stale = pki.crl(pki.root, last_update=pki.now - 9 * DAY, next_update=pki.now - DAY)
+    ca_dir = pki.ca_dir_of(str(tmp_path / "ca"), [pki.root], [stale])
+    args = {"url": str(good), "identifier": LIST_ID, "ca_dir": ca_dir, "cache_root": str(tmp_path / "images")}
+    warned = run(args, capsys)
+    assert warned["changed"] is True
+    assert any("past its nextUpdate" in w for w in warnings_of(warned))
+    refused = run(dict(args, crl="require"), capsys)
+    assert refused["failed"] is True
+    assert refused["reason"] == "crl_expired"
+    assert refused["field"] == "crl"
+
+    pki.ca_dir_of(ca_dir, [pki.root], [pki.crl(pki.root, revoked=[pki.endorser])])
+    revoked = run(args, capsys)
+    assert revoked["failed"] is True
+    assert revoked["reason"] == "revoked"
+    assert "was revoked by" in revoked["msg"]
+    with ImageCache(str(tmp_path / "images")) as cache:
+        assert cache.accepted_list_version(LIST_ID) == "7"
+
+
+def test_endorser_dn_alone_with_several_cas_fails_naming_endorser_ca(pki, tmp_path, capsys):
+    good = tmp_path / "good.list"
+    good.write_bytes(sign_obj(list_obj(pki), pki.endorser))
+    ca_dir = pki.ca_dir_of(str(tmp_path / "igtf"), [pki.root, pki.rogue], [pki.crl(pki.root), pki.crl(pki.rogue)])
+    args = {
+        "url": str(good),
+        "identifier": LIST_ID,
+        "ca_dir": ca_dir,
+        "cache_root": str(tmp_path / "images"),
+        "endorser_dn": pki.endorser.dn,
+    }
+    result = run(args, capsys, check=True)
+    assert result["failed"] is True
+    assert result["reason"] == "endorser_ca_required"
+    assert result["field"] == "endorser_ca"
+    pinned = run(dict(args, endorser_ca=pki.endorser.ca), capsys)
+    assert pinned["changed"] is True
+    assert warnings_of(pinned) == []
