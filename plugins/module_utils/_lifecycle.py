@@ -15,6 +15,7 @@ from typing import Optional
 
 STOPPED = "stopped"
 EXPIRED = "expired"
+FAILED = "failed"
 DRAINED = "drained"
 DRAINING = "draining"
 PROVISIONING = "provisioning"
@@ -22,15 +23,19 @@ EXPIRING = "expiring"
 ACTIVE = "active"
 
 # In priority order: the first state whose condition holds wins.
-STATES = (STOPPED, EXPIRED, DRAINED, DRAINING, PROVISIONING, EXPIRING, ACTIVE)
+STATES = (STOPPED, EXPIRED, FAILED, DRAINED, DRAINING, PROVISIONING, EXPIRING, ACTIVE)
 
 # States in which a slot accepts new jobs (AWX's enabled_var is true only for these
-# and for provisioning, which will accept jobs once registered).
+# and for provisioning, which will accept jobs once registered; never for failed).
 ACCEPTING_STATES = frozenset((ACTIVE, EXPIRING))
 ENABLED_STATES = frozenset((ACTIVE, EXPIRING, PROVISIONING))
 
 DEFAULT_EXPIRING_WINDOW = 7200  # seconds: drain_at within 2 h makes a slot "expiring"
 DEFAULT_BOOT_GRACE = 900  # seconds after created_at a slot may take to register
+DEFAULT_HEALTH_GRACE = 300  # seconds a registered node may be reported down before it is failed
+
+# Batch-system node states (normalised by the adapters) that mean "registered once, now broken".
+UNHEALTHY_BATCH_STATES = frozenset(("down", "not_responding", "fail", "failing", "error"))
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,22 @@ class BatchView:
     ``registered``: the node is known to the batch system and up (not down/unknown/future).
     ``drain``: the batch system has the node draining or drained (whoever asked for it).
     ``jobs``: number of jobs running on the node.
+    ``state``: the adapter's normalised node state (``idle``, ``down``, ``not_responding``...).
+    ``state_since``: when the batch system entered that state, when it says (Slurm's reason
+    time); without it an unhealthy state counts as failed at once, since the batch system has
+    already waited its own timeout (Slurm's ``SlurmdTimeout``) before reporting a node down.
     """
 
     registered: bool
     drain: bool = False
     jobs: int = 0
     state: str = ""
+    state_since: Optional[datetime.datetime] = None
+
+    @property
+    def unhealthy(self) -> bool:
+        """The batch system reports the node down, not responding or failed."""
+        return self.state.lower() in UNHEALTHY_BATCH_STATES
 
 
 @dataclass(frozen=True)
@@ -70,20 +85,28 @@ def compute_lifecycle(
     batch: Optional[BatchView] = None,
     expiring_window: float = DEFAULT_EXPIRING_WINDOW,
     boot_grace: float = DEFAULT_BOOT_GRACE,
+    domain_error: bool = False,
+    health_grace: float = DEFAULT_HEALTH_GRACE,
 ) -> str:
     """Derive a slot's lifecycle state (see the table in docs/slots.md).
 
+    ``domain_error`` is true when libvirt reports the domain crashed or paused on an error.
     Without a batch view the model is conservative: a slot whose drain has started is
-    ``draining`` (never ``drained``, since nobody has seen that no job runs there), and a
-    running slot is ``provisioning`` within ``boot_grace`` seconds of its creation.
+    ``draining`` (never ``drained``, since nobody has seen that no job runs there), a running
+    slot is ``provisioning`` within ``boot_grace`` seconds of its creation, and it is never
+    ``failed`` for a reason only the batch system could tell.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
+    if domain_error:
+        return EXPIRED if now >= times.deadline else FAILED
     if not running:
         return STOPPED
     if now >= times.deadline:
         return EXPIRED
     drain_started = times.drain_requested or now >= times.drain_at or (batch is not None and batch.drain)
+    if batch is not None and _batch_failed(times, now, batch, drain_started, boot_grace, health_grace):
+        return FAILED
     if drain_started:
         if batch is not None and batch.jobs == 0:
             return DRAINED
@@ -96,6 +119,28 @@ def compute_lifecycle(
     if (times.drain_at - now).total_seconds() <= expiring_window:
         return EXPIRING
     return ACTIVE
+
+
+def _batch_failed(
+    times: LifecycleTimes,
+    now: datetime.datetime,
+    batch: BatchView,
+    drain_started: bool,
+    boot_grace: float,
+    health_grace: float,
+) -> bool:
+    """Whether the batch system's view makes a running slot ``failed``.
+
+    Reported down, not responding or failed for ``health_grace`` seconds; or never registered
+    ``boot_grace`` seconds after creation. A node that is not registered after its drain
+    started was taken out on purpose (a rolling update removes it): that is not a failure.
+    """
+    if batch.unhealthy:
+        since = batch.state_since
+        return since is None or (now - since).total_seconds() >= health_grace
+    if batch.registered or drain_started:
+        return False
+    return (now - times.created_at).total_seconds() >= boot_grace
 
 
 def seconds_to_drain(times: LifecycleTimes, now: datetime.datetime) -> int:

@@ -398,8 +398,8 @@ def test_batch_view_is_merged_with_one_bulk_query(tmp_path, monkeypatch):
         [
             ("s1", slot("s1", "hv1", lifetime_h=11), True),  # drain started: drained once no job runs
             ("s2", slot("s2", "hv1", lifetime_h=11), True),  # draining: a job runs
-            ("s3", slot("s3", "hv1"), True),  # not registered: provisioning
-            ("s4", slot("s4", "hv1"), True),  # unknown to the batch system
+            ("s3", slot("s3", "hv1", created_at=NOW - HOUR / 6), True),  # not registered yet: provisioning
+            ("s4", slot("s4", "hv1", created_at=NOW - HOUR / 6), True),  # unknown to the batch system yet
         ],
     )
     adapter = FakeAdapter(
@@ -421,6 +421,34 @@ def test_batch_view_is_merged_with_one_bulk_query(tmp_path, monkeypatch):
     assert inv.get_host("s2").vars["farm_batch_jobs"] == 2
     assert inv.get_host("s2").vars["farm_batch_state"] == "draining"
     assert inv.get_host("s4").vars["farm_batch_state"] == "unknown"
+
+
+def test_slots_the_batch_system_lost_are_failed_and_not_enabled(tmp_path, monkeypatch):
+    uri = _farm_file(
+        tmp_path,
+        [
+            ("never", slot("never", "hv1"), True),  # 12 h old, never registered
+            ("down", slot("down", "hv1"), True),  # registered once, now reported down
+            ("fine", slot("fine", "hv1"), True),
+        ],
+    )
+    adapter = FakeAdapter(
+        {
+            "never": BatchView(False, state="future"),
+            "down": BatchView(False, state="down"),
+            "fine": BatchView(True, state="idle"),
+        }
+    )
+    plugin = make_plugin(hypervisors=[uri], batch={"system": "slurm"})
+    monkeypatch.setattr(plugin, "_batch_adapter", lambda system, opts: adapter)
+    inv = populate(plugin, plugin._fetch(plugin._hypervisors()))
+    assert {h: inv.get_host(h).vars["farm_lifecycle"] for h in ("never", "down", "fine")} == {
+        "never": "failed",
+        "down": "failed",
+        "fine": "active",
+    }
+    assert sorted(h.name for h in inv.groups["farm_lifecycle_failed"].get_hosts()) == ["down", "never"]
+    assert inv.get_host("down").vars["farm_enabled"] is False
 
 
 def test_failed_batch_query_warns_or_fails(tmp_path, monkeypatch):

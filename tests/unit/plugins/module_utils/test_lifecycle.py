@@ -20,6 +20,9 @@ UP_BUSY = BatchView(registered=True, jobs=3)
 DOWN = BatchView(registered=False)
 BATCH_DRAIN_IDLE = BatchView(registered=True, drain=True, jobs=0)
 BATCH_DRAIN_BUSY = BatchView(registered=True, drain=True, jobs=1)
+REPORTED_DOWN = BatchView(registered=False, state="down")
+NOT_RESPONDING_400S = BatchView(registered=False, state="not_responding", state_since=T0 + 2 * HOUR - 400 * SEC)
+NOT_RESPONDING_100S = BatchView(registered=False, state="not_responding", state_since=T0 + 2 * HOUR - 100 * SEC)
 
 CASES = [
     # id, times, now, running, batch, expected
@@ -37,7 +40,15 @@ CASES = [
     ("drain-request-unknown-batch-is-draining", REQUESTED, T0 + 2 * HOUR, True, None, lc.DRAINING),
     ("batch-side-drain-idle", TIMES, T0 + 2 * HOUR, True, BATCH_DRAIN_IDLE, lc.DRAINED),
     ("batch-side-drain-busy", TIMES, T0 + 2 * HOUR, True, BATCH_DRAIN_BUSY, lc.DRAINING),
-    ("not-registered-is-provisioning", TIMES, T0 + 2 * HOUR, True, DOWN, lc.PROVISIONING),
+    ("not-registered-within-boot-grace-is-provisioning", TIMES, T0 + 899 * SEC, True, DOWN, lc.PROVISIONING),
+    ("not-registered-after-boot-grace-is-failed", TIMES, T0 + 900 * SEC, True, DOWN, lc.FAILED),
+    ("reported-down-is-failed", TIMES, T0 + 2 * HOUR, True, REPORTED_DOWN, lc.FAILED),
+    ("not-responding-past-health-grace-is-failed", TIMES, T0 + 2 * HOUR, True, NOT_RESPONDING_400S, lc.FAILED),
+    ("not-responding-within-health-grace", TIMES, T0 + 2 * HOUR, True, NOT_RESPONDING_100S, lc.PROVISIONING),
+    ("down-while-draining-is-failed", TIMES, T0 + 30 * HOUR, True, REPORTED_DOWN, lc.FAILED),
+    ("crashed-domain-is-failed", TIMES, T0 + 2 * HOUR, False, None, lc.FAILED),
+    ("crashed-domain-past-deadline-is-expired", TIMES, T0 + 72 * HOUR, False, None, lc.EXPIRED),
+    ("no-batch-view-is-never-failed", TIMES, T0 + 30 * 60 * SEC, True, None, lc.ACTIVE),
     ("no-batch-within-boot-grace", TIMES, T0 + 899 * SEC, True, None, lc.PROVISIONING),
     ("no-batch-boot-grace-boundary-is-active", TIMES, T0 + 900 * SEC, True, None, lc.ACTIVE),
     ("registered-at-once-is-active", TIMES, T0 + 10 * SEC, True, UP, lc.ACTIVE),
@@ -45,15 +56,29 @@ CASES = [
     ("just-outside-expiring-window", TIMES, T0 + 22 * HOUR - SEC, True, UP, lc.ACTIVE),
     ("expiring-one-second-before-drain", TIMES, T0 + 24 * HOUR - SEC, True, UP_BUSY, lc.EXPIRING),
     ("expiring-without-batch-view", TIMES, T0 + 23 * HOUR, True, None, lc.EXPIRING),
-    ("unregistered-near-drain-is-provisioning", TIMES, T0 + 23 * HOUR, True, DOWN, lc.PROVISIONING),
+    ("unregistered-near-drain-is-failed", TIMES, T0 + 23 * HOUR, True, DOWN, lc.FAILED),
 ]
 
 
+CRASHED = {"crashed-domain-is-failed", "crashed-domain-past-deadline-is-expired"}
+
+
 @pytest.mark.parametrize(
-    ("times", "now", "running", "batch", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    ("name", "times", "now", "running", "batch", "expected"), CASES, ids=[c[0] for c in CASES]
 )
-def test_lifecycle_table(times, now, running, batch, expected):
-    assert lc.compute_lifecycle(times, now, running, batch) == expected
+def test_lifecycle_table(name, times, now, running, batch, expected):
+    assert lc.compute_lifecycle(times, now, running, batch, domain_error=name in CRASHED) == expected
+
+
+def test_failed_slots_are_not_enabled_for_awx():
+    assert lc.FAILED not in lc.ENABLED_STATES
+    assert lc.FAILED not in lc.ACCEPTING_STATES
+
+
+def test_health_grace_is_a_parameter():
+    now = T0 + 2 * HOUR
+    assert lc.compute_lifecycle(TIMES, now, True, NOT_RESPONDING_400S, health_grace=600) == lc.PROVISIONING
+    assert lc.compute_lifecycle(TIMES, now, True, NOT_RESPONDING_100S, health_grace=60) == lc.FAILED
 
 
 def test_every_state_is_reachable_in_the_table():
