@@ -15,8 +15,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv deps link lint ruff mypy yamllint ansible-lint sanity unit check build \
-        integration molecule test quick demo bench clean
+GI_VENV      := build/galaxy-importer
+.PHONY: help venv deps link lint ruff mypy yamllint ansible-lint readmes docs-commands sanity unit \
+        check build galaxy-importer-venv integration molecule test quick demo demo-clean bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -49,7 +50,13 @@ ansible-lint: venv link
 	$(BIN)/ansible-lint --offline -q
 	$(BIN)/python scripts/check-role-vars.py
 
-lint: ruff mypy yamllint ansible-lint ## ruff, mypy, yamllint, ansible-lint (profile production)
+readmes: venv ## check every role README against meta/argument_specs.yml (--write: scripts/role-readmes.py)
+	$(BIN)/python scripts/role-readmes.py
+
+docs-commands: venv link ## ansible-doc every plugin, --syntax-check every documented playbook command
+	$(BIN)/python scripts/check-docs-commands.py
+
+lint: ruff mypy yamllint ansible-lint readmes docs-commands ## ruff, mypy, yamllint, ansible-lint, READMEs, documented commands
 
 sanity: venv ## ansible-test sanity on a copy under build/sanity/ansible_collections/
 	scripts/sanity.sh
@@ -59,13 +66,21 @@ unit: venv link ## unit tests
 
 check: lint sanity unit ## the fast loop: lint, sanity, unit
 
-build: venv ## ansible-galaxy collection build, then install into build/install
+$(GI_VENV)/.stamp: scripts/galaxy-importer.txt
+	test -x $(GI_VENV)/bin/python || $(PYTHON) -m venv $(GI_VENV)
+	$(GI_VENV)/bin/pip install -q --disable-pip-version-check -r scripts/galaxy-importer.txt
+	touch $@
+
+galaxy-importer-venv: $(GI_VENV)/.stamp ## galaxy-importer in its own venv (its pins clash with .venv)
+
+build: venv $(GI_VENV)/.stamp ## ansible-galaxy collection build, install into build/install, galaxy-importer
 	rm -rf build/dist build/install
 	$(BIN)/ansible-galaxy collection build --output-path build/dist --force .
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install $(BIN)/ansible-galaxy collection install \
 	  --offline --force -p build/install build/dist/batchvirt-farm-*.tar.gz
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install $(BIN)/ansible-doc -l batchvirt.farm
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install scripts/check-installed.sh
+	scripts/galaxy-importer.sh build/dist/batchvirt-farm-*.tar.gz
 
 integration: venv link ## integration tests against real daemons (libvirtd, Slurm, HTTP, tracker)
 	$(BIN)/pytest tests/integration -v --timeout=1800 -p no:cacheprovider $(PYTEST_ARGS)
