@@ -100,13 +100,19 @@ demo: deps venv link ## set up localhost as a one-hypervisor farm, show it, roll
 	$(BIN)/ansible-playbook -i playbooks/inventory/localhost.yml playbooks/demo.yml
 	@echo "== the lifecycle inventory before the rolling update"
 	$(BIN)/ansible-inventory -i playbooks/inventory/demo.farm.slots.yml --graph
-	@echo "== rolling update to version 2 (one slot at a time, no job killed)"
+	@echo "== rolling update to version 2 (one slot at a time, no job killed; each replaced slot boots"
+	@echo "   and registers again: about 2-3 minutes per slot under QEMU, quiet while it boots;"
+	@echo "   a second demo finds every slot on version 2 already and replaces nothing)"
 	$(BIN)/ansible-playbook $(DEMO_INVENTORY) playbooks/rolling_update.yml \
 	  -e @/var/lib/batchvirt/demo/operations.yml -e farm_rolling_update_min_capacity_share=0.5 \
 	  -e farm_rolling_update_reason="demo security update"
 	@echo "== after the rolling update"
 	$(BIN)/ansible-inventory -i playbooks/inventory/demo.farm.slots.yml --graph
 	sinfo -N -l
+	@cat scripts/demo-next.txt
+
+demo-clean: venv link ## remove the demo farm and put back what the machine had before it
+	$(BIN)/ansible-playbook -i playbooks/inventory/localhost.yml playbooks/demo_clean.yml
 
 bench: deps venv link ## run every benchmark under bench/ (each prints a JSON line)
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done

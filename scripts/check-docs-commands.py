@@ -3,7 +3,7 @@
 Runs with the ansible configuration a person who cloned the repository gets (the root
 ``ansible.cfg``; every ANSIBLE_* variable of the caller is dropped), after ``make link``:
 
-- ``ansible-doc`` renders every module and inventory plugin of ``plugins/`` (``ansible-doc``
+- ``ansible-doc`` renders every module and inventory plugin of ``plugins/`` and every role (``ansible-doc``
   exits 0 even when it cannot find a plugin, so the output is checked);
 - every ``ansible-playbook`` command in a fenced code block of README.md, docs/*.md and
   roles/*/README.md runs with ``--syntax-check`` added. A site inventory that the repository
@@ -117,10 +117,13 @@ def check_command(where: str, command: str) -> List[str]:
 def check_plugin_docs() -> Tuple[int, List[str]]:
     problems = []
     count = 0
-    for kind, folder in (("module", "modules"), ("inventory", "inventory")):
-        names = sorted(
-            "batchvirt.farm." + p.stem for p in (ROOT / "plugins" / folder).glob("*.py") if p.stem != "__init__"
-        )
+    for kind, folder in (("module", "modules"), ("inventory", "inventory"), ("role", "roles")):
+        if kind == "role":
+            names = sorted("batchvirt.farm." + p.name for p in (ROOT / "roles").iterdir() if p.is_dir())
+        else:
+            names = sorted(
+                "batchvirt.farm." + p.stem for p in (ROOT / "plugins" / folder).glob("*.py") if p.stem != "__init__"
+            )
         if not names:
             continue
         count += len(names)
@@ -135,7 +138,8 @@ def check_plugin_docs() -> Tuple[int, List[str]]:
         if proc.returncode != 0 or "[WARNING]" in proc.stderr or "[ERROR]" in proc.stderr:
             problems.append("ansible-doc -t %s: %s" % (kind, proc.stderr.strip().splitlines()[:3]))
         for name in names:
-            if not re.search(r"^> %s %s\b" % (kind.upper(), re.escape(name)), proc.stdout, re.MULTILINE):
+            header = r"^> %s:? \*?%s\b" % (kind.upper(), re.escape(name))
+            if not re.search(header, proc.stdout, re.MULTILINE):
                 problems.append("ansible-doc -t %s %s renders nothing from the repository root" % (kind, name))
     return count, problems
 
@@ -157,7 +161,7 @@ def main() -> int:
     for line in problems:
         print(line)
     print(
-        "docs commands: %d plugins rendered by ansible-doc, %d documented ansible-playbook commands and "
+        "docs commands: %d plugins and roles rendered by ansible-doc, %d documented ansible-playbook commands and "
         "%d playbooks pass --syntax-check from the repository root; %d problems"
         % (count, len(commands), len(playbooks), len(problems))
     )

@@ -16,7 +16,7 @@ cd "$WORK"
 env -u ANSIBLE_COLLECTIONS_PATH -u ANSIBLE_ROLES_PATH -u ANSIBLE_CONFIG \
   PATH="$VENV/bin:$PATH" GALAXY_IMPORTER_CONFIG="$ROOT/scripts/galaxy-importer.cfg" \
   "$VENV/bin/python" -m galaxy_importer.main "$TARBALL" > "$WORK/import.log" 2>&1 && rc=0 || rc=$?
-if [ $rc -ne 0 ] || grep -q '^ERROR' "$WORK/import.log"; then
+if [ "$rc" -ne 0 ] || grep -q '^ERROR' "$WORK/import.log"; then
   cat "$WORK/import.log"
   echo "galaxy-importer: the import FAILED (rc=$rc): Galaxy would refuse this tarball"
   exit 1

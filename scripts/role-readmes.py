@@ -4,9 +4,9 @@ Each ``roles/<role>/README.md`` holds, between the markers below, the variables 
 from ``roles/<role>/meta/argument_specs.yml``; the rest of the README is written by hand and
 must have the sections a site admin looks for (``## Requirements``, ``## Example``).
 
-    scripts/role-readmes.py           # check (``make lint``): exit 1 when a README is missing,
+    python scripts/role-readmes.py           # check (``make lint``): exit 1 when a README is missing,
                                       # lacks a section or its table is stale
-    scripts/role-readmes.py --write   # re-render the tables in place
+    python scripts/role-readmes.py --write   # re-render the tables in place
 
 The check also compares the spec with ``defaults/main.yml``: every default variable is
 documented, and a default given in both places is the same value.
@@ -150,7 +150,9 @@ def main(argv: List[str]) -> int:
                 readme.write_text(new)
                 print("%s: variables table re-rendered" % rel)
             else:
-                problems.append("%s: variables table is stale; run scripts/role-readmes.py --write" % rel)
+                problems.append(
+                    "%s: variables table is stale; run .venv/bin/python scripts/role-readmes.py --write" % rel
+                )
     for line in problems:
         print(line)
     if not problems:

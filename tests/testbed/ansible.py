@@ -83,6 +83,7 @@ def run_playbook(
     private_data_dir: Optional[str] = None,
     quiet: bool = True,
     timeout: Optional[int] = None,
+    tags: Optional[str] = None,
 ) -> PlaybookResult:
     """Run ``playbook`` (a path, relative ones from the repository root) through ansible-runner."""
     if not os.path.isabs(playbook):
@@ -92,6 +93,8 @@ def run_playbook(
         cmdline.append("--check")
     if diff:
         cmdline.append("--diff")
+    if tags:
+        cmdline += ["--tags", tags]
     env = {
         "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
         "ANSIBLE_ROLES_PATH": os.path.join(ROOT, "roles"),
