@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 GI_VENV      := build/galaxy-importer
 .PHONY: help venv deps link lint ruff mypy yamllint ansible-lint readmes docs-commands sanity unit \
-        check build galaxy-importer-venv integration molecule test quick demo demo-clean bench clean
+        check build importer-venv integration molecule test quick demo demo-clean bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -71,7 +71,7 @@ $(GI_VENV)/.stamp: scripts/galaxy-importer.txt
 	$(GI_VENV)/bin/pip install -q --disable-pip-version-check -r scripts/galaxy-importer.txt
 	touch $@
 
-galaxy-importer-venv: $(GI_VENV)/.stamp ## galaxy-importer in its own venv (its pins clash with .venv)
+importer-venv: $(GI_VENV)/.stamp ## galaxy-importer in its own venv (its pins clash with .venv)
 
 build: venv $(GI_VENV)/.stamp ## ansible-galaxy collection build, install into build/install, galaxy-importer
 	rm -rf build/dist build/install
@@ -85,7 +85,7 @@ build: venv $(GI_VENV)/.stamp ## ansible-galaxy collection build, install into b
 integration: venv link ## integration tests against real daemons (libvirtd, Slurm, HTTP, tracker)
 	$(BIN)/pytest tests/integration -v --timeout=1800 -p no:cacheprovider $(PYTEST_ARGS)
 
-molecule: venv link ## every molecule scenario under molecule/
+molecule: venv link ## every molecule scenario under extensions/molecule/
 	scripts/molecule.sh
 
 test: ## everything CI runs: deps, venv, lint, sanity, unit, build, integration, molecule

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/build/galaxy-importer
 TARBALL=$(realpath "${1:?usage: $0 <collection tarball>}")
-[ -x "$VENV/bin/python" ] || { echo "no $VENV: run make galaxy-importer-venv"; exit 2; }
+[ -x "$VENV/bin/python" ] || { echo "no $VENV: run make importer-venv"; exit 2; }
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/batchvirt-galaxy-importer.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"

@@ -47,8 +47,13 @@ PY
 found=() missing=()
 for version in $versions; do
   [ "$version" = "$current" ] && continue
-  interpreter=$(command -v "python$version" || find "${PYENV_ROOT:-$HOME/.pyenv}/versions" -maxdepth 3 \
+  # a real interpreter: pyenv's shims answer for every version but run only the selected one
+  interpreter=$(find "${PYENV_ROOT:-$HOME/.pyenv}/versions" -maxdepth 3 \
     -path "*/versions/$version.*/bin/python$version" 2>/dev/null | sort -V | tail -1 || true)
+  if [ -z "$interpreter" ]; then
+    interpreter=$(command -v "python$version" || true)
+    [[ "$interpreter" == */shims/* ]] && interpreter=""
+  fi
   if [ -n "$interpreter" ] && [ -x "$interpreter" ]; then found+=("$version:$interpreter"); else missing+=("$version"); fi
 done
 status=0
