@@ -11,7 +11,12 @@ import subprocess
 from typing import Dict, List, Optional
 
 WATCHED_DIRS = ["/var/lib/batchvirt", "/etc/batchvirt", "/var/lib/slurm/slurmctld", "/var/log/slurm"]
-FILES = ["/etc/slurm/slurm.conf", "/etc/munge/munge.key"]
+FILES = [
+    "/etc/slurm/slurm.conf",
+    "/etc/munge/munge.key",
+    "/etc/tmpfiles.d/batchvirt-ksm.conf",
+    "/etc/sysctl.d/60-batchvirt-hugepages.conf",
+]
 SYSTEM_SLURM_CONF = "/etc/slurm/slurm.conf"
 
 
