@@ -17,7 +17,7 @@ for kind in modules inventory; do
     fi
   done
 done
-for leaked in tests bench .venv scripts Makefile; do
+for leaked in tests bench .venv scripts Makefile ansible.cfg; do
   if [ -e "$INSTALLED/$leaked" ]; then
     echo "build: $leaked ended up in the collection tarball (galaxy.yml build_ignore)"
     status=1

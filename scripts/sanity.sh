@@ -29,4 +29,38 @@ PY
 done
 cd "$DEST"
 export PATH=$ROOT/.venv/bin:$PATH
-ansible-test sanity --python "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" --color no "$@"
+current=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+ansible-test sanity --python "$current" --color no "$@"
+
+# tests/config.yml says which Python versions modules support: compile and import them on every
+# one of those the machine has (python3.N on PATH, or under pyenv), and say which are missing.
+[ $# -eq 0 ] || exit 0
+versions=$(python3 - <<'PY'
+import re
+import yaml
+
+spec = yaml.safe_load(open("tests/config.yml"))["modules"]["python_requires"]
+floor = tuple(int(p) for p in re.search(r">=\s*(\d+)\.(\d+)", spec).groups())
+print(" ".join("3.%d" % m for m in range(9, 14) if (3, m) >= floor))
+PY
+)
+found=() missing=()
+for version in $versions; do
+  [ "$version" = "$current" ] && continue
+  # a real interpreter: pyenv's shims answer for every version but run only the selected one
+  interpreter=$(find "${PYENV_ROOT:-$HOME/.pyenv}/versions" -maxdepth 3 \
+    -path "*/versions/$version.*/bin/python$version" 2>/dev/null | sort -V | tail -1 || true)
+  if [ -z "$interpreter" ]; then
+    interpreter=$(command -v "python$version" || true)
+    [[ "$interpreter" == */shims/* ]] && interpreter=""
+  fi
+  if [ -n "$interpreter" ] && [ -x "$interpreter" ]; then found+=("$version:$interpreter"); else missing+=("$version"); fi
+done
+status=0
+for entry in "${found[@]}"; do
+  version=${entry%%:*} interpreter=${entry#*:}
+  echo "== modules on Python $version (tests/config.yml: ${versions// /, }): compile, import"
+  PATH=$(dirname "$interpreter"):$PATH ansible-test sanity --python "$version" --test compile --test import --color no || status=1
+done
+[ ${#missing[@]} -eq 0 ] || echo "sanity: no interpreter for Python ${missing[*]} on this machine: compile/import not run there"
+exit $status

@@ -4,6 +4,7 @@ give tests the job events to assert on."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ def run_playbook(
     private_data_dir: Optional[str] = None,
     quiet: bool = True,
     timeout: Optional[int] = None,
+    tags: Optional[str] = None,
 ) -> PlaybookResult:
     """Run ``playbook`` (a path, relative ones from the repository root) through ansible-runner."""
     if not os.path.isabs(playbook):
@@ -91,6 +93,8 @@ def run_playbook(
         cmdline.append("--check")
     if diff:
         cmdline.append("--diff")
+    if tags:
+        cmdline += ["--tags", tags]
     env = {
         "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
         "ANSIBLE_ROLES_PATH": os.path.join(ROOT, "roles"),
@@ -100,19 +104,26 @@ def run_playbook(
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
     }
     env.update(envvars or {})
+    # ansible-runner writes the extra variables (munge keys among them) into env/extravars of its
+    # private data dir: a directory of our own is removed as soon as the events are read
+    own_dir = private_data_dir is None
     pdd = private_data_dir or tempfile.mkdtemp(prefix="bvt-runner-")
-    runner = ansible_runner.run(
-        private_data_dir=pdd,
-        playbook=playbook,
-        inventory=inventory if inventory is not None else LOCALHOST,
-        extravars=extravars or {},
-        cmdline=" ".join(cmdline) or None,
-        envvars=env,
-        limit=limit,
-        quiet=quiet,
-        timeout=timeout,
-    )
-    stdout = runner.stdout.read() if runner.stdout else ""
-    return PlaybookResult(
-        rc=runner.rc, status=runner.status, stats=runner.stats or {}, events=list(runner.events), stdout=stdout
-    )
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=pdd,
+            playbook=playbook,
+            inventory=inventory if inventory is not None else LOCALHOST,
+            extravars=extravars or {},
+            cmdline=" ".join(cmdline) or None,
+            envvars=env,
+            limit=limit,
+            quiet=quiet,
+            timeout=timeout,
+        )
+        stdout = runner.stdout.read() if runner.stdout else ""
+        return PlaybookResult(
+            rc=runner.rc, status=runner.status, stats=runner.stats or {}, events=list(runner.events), stdout=stdout
+        )
+    finally:
+        if own_dir:
+            shutil.rmtree(pdd, ignore_errors=True)

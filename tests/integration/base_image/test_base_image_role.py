@@ -1,5 +1,5 @@
 """The base_image role without a full build: bad input, a failed build, and the recipe
-check that decides whether to build (the full build and boot run in molecule/hypervisor)."""
+check that decides whether to build (the full build and boot run in extensions/molecule/default)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from tests.testbed.ansible import LOCALHOST, run_playbook
 
 def test_client_role_output_registers_a_dynamic_node(slurm_cluster):
     root = os.path.join(slurm_cluster.tmp, "client")
-    with open("/etc/slurm/slurm.conf") as handle:
+    with open(slurm_cluster.slurm_conf) as handle:
         slurm_conf = handle.read()
     with open("/etc/munge/munge.key", "rb") as handle:
         key = handle.read()

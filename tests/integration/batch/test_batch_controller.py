@@ -12,7 +12,8 @@ def test_controller_role_is_idempotent_and_answers(slurm_cluster):
     assert not slurm_cluster.second.changed, f"second run changed: {slurm_cluster.second.changed_tasks()}"
     ping = slurm_cluster.run("scontrol", "ping")
     assert "is UP" in ping.stdout
-    with open("/etc/slurm/slurm.conf") as handle:
+    assert slurm_cluster.slurm_conf != "/etc/slurm/slurm.conf"
+    with open(slurm_cluster.slurm_conf) as handle:
         conf = handle.read()
     assert "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny" in conf
     assert "MaxNodeCount=8" in conf

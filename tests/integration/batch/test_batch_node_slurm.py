@@ -151,7 +151,7 @@ def foreign_munge(slurm_cluster):
         check=True,
     )
     conf = os.path.join(slurm_cluster.tmp, "slurm-foreign.conf")
-    with open("/etc/slurm/slurm.conf") as src, open(conf, "w") as dst:
+    with open(slurm_cluster.slurm_conf) as src, open(conf, "w") as dst:
         dst.write(src.read().replace("AuthType=auth/munge", f"AuthType=auth/munge\nAuthInfo=socket={sock}"))
     yield conf
     with open(f"{base}/pid") as handle:

@@ -25,7 +25,7 @@ BASE_DIR = os.environ.get("FARM_BASE_IMAGE_DIR", "/var/lib/batchvirt/base")
 IMAGE_NAME = os.environ.get("FARM_BASE_IMAGE_NAME", "worker-base")
 WORK = "/var/lib/batchvirt/molecule-hypervisor"
 ROOT = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "..")
+    os.path.join(os.path.dirname(__file__), "..", "..", "..", "..")
 )
 # Under TCG on an idle 2-core host a boot takes 30-50 s; a loaded host is several times slower.
 BOOT_TIMEOUT = float(os.environ.get("BVT_BOOT_TIMEOUT", "600"))
