@@ -293,7 +293,7 @@ class AccountingStore:
                 "INSERT INTO lives (%s) VALUES (%s) ON CONFLICT(life_id) DO UPDATE SET %s"
                 % (
                     ", ".join(columns),
-                    ", ".join("?" for _ in columns),
+                    ", ".join(["?"] * len(columns)),
                     ", ".join(f"{c} = excluded.{c}" for c in columns[1:] if c != "recorded_at"),
                 ),
                 [after[c] for c in columns],

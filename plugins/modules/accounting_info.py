@@ -15,7 +15,6 @@ author:
   - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.info_module
   - batchvirt.farm.attributes
 attributes:
   check_mode:

@@ -32,7 +32,9 @@ attributes:
     support: none
   idempotent:
     support: partial
-    details: Without O(play) and O(failures) a second run changes nothing unless the farm changed; each O(play) or O(failures) is an event and is counted every time.
+    details:
+      - Without O(play) and O(failures) a second run changes nothing unless the farm changed.
+      - Each O(play) or O(failures) is an event and is counted every time.
 requirements:
   - prometheus-client (python3-prometheus-client) on the hypervisor
 options:

@@ -15,7 +15,7 @@ description:
   - The page holds plotly.js inline; it needs no network access to be opened.
   - The slots come from O(snapshots) (results of M(batchvirt.farm.farm_metrics)), the history from O(records)
     (from M(batchvirt.farm.accounting_info)). C(playbooks/report.yml) gathers both from every hypervisor.
-  - Runs where plotly is installed, normally the controller (C(delegate_to: localhost)).
+  - Runs where plotly is installed, normally the controller (delegate it to V(localhost)).
 author:
   - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -191,6 +192,17 @@ def test_metrics_accounting_and_report(libvirt_uri, testbed, monitoring):
     assert monitoring.value('batchvirt_farm_vm_lives_open{hypervisor="localhost"}') >= 2
     free = monitoring.value('batchvirt_farm_free_memory_bytes{hypervisor="localhost"}')
     assert free != 0
+
+    # every query of the Grafana dashboard is valid PromQL and, but for rates, has data here
+    with open(os.path.join(ROOT, "docs", "grafana", "batchvirt-farm.json"), encoding="utf-8") as handle:
+        dashboard = json.load(handle)
+    empty = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$hypervisor", ".*")
+            if not monitoring.query(expr):
+                empty.append(expr)
+    assert all("increase(" in e or "backoff" in e for e in empty), empty
 
     # the accounting records of the test's slots, written through playbooks/tasks/accounting.yml
     from ansible_collections.batchvirt.farm.plugins.module_utils._accounting import AccountingStore

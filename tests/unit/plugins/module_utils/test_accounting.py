@@ -54,7 +54,7 @@ def test_one_record_per_life_and_repeated_writes_merge(store):
     # the same write again: nothing changes
     assert store.record(life(cores=2, memory_mib=2048), T0)[0] is False
     # a later write adds the end, keeps what it does not give
-    changed, rec, _ = store.record(life(ended="2026-11-22T06:00:00+00:00", end_reason="recycled", jobs=7), T0)
+    changed, rec, _before = store.record(life(ended="2026-11-22T06:00:00+00:00", end_reason="recycled", jobs=7), T0)
     assert changed is True
     assert (rec["cores"], rec["ended"], rec["jobs"]) == (2, "2026-11-22T06:00:00Z", 7)
     # the same slot created again is a new life
@@ -70,7 +70,10 @@ def test_query_filters(store):
     store.record(life("a", "2026-11-01T00:00:00Z", ended="2026-11-02T00:00:00Z", end_reason="failed"), T0)
     store.record(life("b", "2026-11-03T00:00:00Z", worker_type="gpu"), T0)
     store.record(life("c", "2026-11-05T00:00:00Z", ended="2026-11-06T00:00:00Z", end_reason="recycled"), T0)
-    slots = lambda **f: [r["slot"] for r in store.query(**f)]  # noqa: E731
+
+    def slots(**filters):
+        return [r["slot"] for r in store.query(**filters)]
+
     assert slots() == ["a", "b", "c"]
     assert slots(status="open") == ["b"]
     assert slots(status="ended") == ["a", "c"]

@@ -174,3 +174,33 @@ def test_state_file_round_trip_is_json(tmp_path):
     state = m.record_play(m.empty_state(), "slots", "success", NOW)
     m.save_state(str(tmp_path / "s.json"), state)
     assert json.loads((tmp_path / "s.json").read_text())["plays"]["slots"]["runs"] == {"success": 1}
+
+
+def full_exposition():
+    state = m.record_failures(m.record_play(m.empty_state(), "recycle", "success", NOW), "other")
+    snap = m.FarmSnapshot(
+        "hv1",
+        NOW,
+        slots=[m.SlotSample("hv1", "w1", "active", "running", "default", "el9", "1", 1, 64)],
+        capacity={"free_memory_mib": 1, "free_vcpus": 1, "usable_memory_mib": 1, "usable_cpus": 1},
+        newest_ready_at=NOW,
+        accounting={"ended": {"recycled": 1}, "open": 1},
+        state=state,
+    )
+    return {s.name for f in text_string_to_metric_families(m.exposition(snap)) for s in f.samples}
+
+
+def test_docs_and_dashboard_name_only_exported_metrics_and_docs_list_them_all():
+    import re
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..")
+    names = full_exposition()
+    with open(os.path.join(root, "docs", "observability.md"), encoding="utf-8") as handle:
+        documented = set(re.findall(r"`(batchvirt_farm_[a-z_]+)`", handle.read()))
+    assert documented == names
+    with open(os.path.join(root, "docs", "grafana", "batchvirt-farm.json"), encoding="utf-8") as handle:
+        dashboard = json.load(handle)
+    used = {
+        n for p in dashboard["panels"] for t in p["targets"] for n in re.findall(r"batchvirt_farm_[a-z_]+", t["expr"])
+    }
+    assert used and used <= names, used - names

@@ -22,12 +22,14 @@ RECORDS = [
     {"life_id": "c", "slot": "w2", "hypervisor": "hv2", "image_identifier": "el9", "image_version": "10",
      "created": "2026-11-21T12:00:00Z", "ended": "2026-11-21T13:00:00Z", "end_reason": "failed", "cores": 4},
 ]  # fmt: skip
+SLOT_1 = {"name": "w1", "lifecycle": "active", "worker_type": "", "image": "el9", "image_version": "2",
+          "vcpus": 2, "memory_mib": 2048}  # fmt: skip
+SLOT_2 = {"name": "w2", "lifecycle": "draining", "worker_type": "gpu", "image": "el9", "image_version": "10",
+          "vcpus": 4, "memory_mib": 4096}  # fmt: skip
 SNAPSHOTS = [
-    {"hypervisor": "hv1", "slots": [{"name": "w1", "lifecycle": "active", "worker_type": "", "image": "el9",
-                                      "image_version": "2", "vcpus": 2, "memory_mib": 2048}],
+    {"hypervisor": "hv1", "slots": [SLOT_1],
      "plays": {"recycle": {"last_outcome": "failure", "last_finished": "2026-11-22T02:00:00Z"}}},
-    {"hypervisor": "hv2", "slots": [{"name": "w2", "lifecycle": "draining", "worker_type": "gpu", "image": "el9",
-                                      "image_version": "10", "vcpus": 4, "memory_mib": 4096}]},
+    {"hypervisor": "hv2", "slots": [SLOT_2]},
 ]  # fmt: skip
 
 
