@@ -10,7 +10,8 @@ every write is one transaction, so a writer killed mid-way leaves every committe
 and no half one.
 
 Merging: a later write of a life keeps the fields it does not give; a field it gives
-replaces the stored one, except ``created`` (the key). A write that changes nothing is not
+replaces the stored one, except ``created`` (the key) and ``registered`` and ``drain_started``,
+which keep the earlier time (the first registration is when the VM started to serve). A write that changes nothing is not
 a change (``changed`` false), which keeps the recording task idempotent.
 
 Exports: JSON lines (every field) and an APEL-style CSV (the cloud usage record's column
@@ -59,6 +60,8 @@ FIELDS: Tuple[Tuple[str, str, str], ...] = (
     ("batch_node", "TEXT NOT NULL DEFAULT ''", "str"),
 )
 FIELD_NAMES = tuple(f[0] for f in FIELDS)
+# fields whose first value is the truth: a later write keeps the earlier time
+KEEP_EARLIEST = ("registered", "drain_started")
 _KIND = {name: kind for name, _sql, kind in FIELDS}
 _REQUIRED = ("slot", "hypervisor", "created")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}$")
@@ -269,6 +272,9 @@ class AccountingStore:
         before = self.get(key)
         after = dict(before) if before else {"life_id": key, **dict.fromkeys(FIELD_NAMES)}
         after.update(clean)
+        for name in KEEP_EARLIEST:  # a repeated "registered" write must not move the first one
+            if before and before.get(name) and clean.get(name):
+                after[name] = min(before[name], clean[name])
         if not after.get("worker_type"):
             after["worker_type"] = DEFAULT_WORKER_TYPE
         for name in ("image_identifier", "image_version", "image_sha512", "batch_system", "batch_node"):

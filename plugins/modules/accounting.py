@@ -13,8 +13,8 @@ description:
     sha512, cores, memory, created, registered, drain started, ended, end reason, jobs) in an SQLite
     database on the hypervisor (O(path)), so the record outlives the VM, the play and the controller.
   - A life is keyed by hypervisor, slot and creation time. Writing the same life again merges into
-    the one record (fields given replace stored ones, fields not given are kept); a write that changes
-    nothing reports no change. Each write is one transaction with a synchronous WAL journal.
+    the one record (fields given replace stored ones, but C(registered) and C(drain_started) keep the
+    earlier time; fields not given are kept); a write that changes nothing reports no change. Each write is one transaction with a synchronous WAL journal.
   - With O(domain) the record is read from the slot domain's metadata (and its vCPUs and memory);
     O(record) adds or overrides fields, for example C(registered) or C(jobs).
   - With O(state=exported) the records matching O(filters) are written to O(dest) as JSON lines or as

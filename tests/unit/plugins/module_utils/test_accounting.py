@@ -57,6 +57,10 @@ def test_one_record_per_life_and_repeated_writes_merge(store):
     changed, rec, _before = store.record(life(ended="2026-11-22T06:00:00+00:00", end_reason="recycled", jobs=7), T0)
     assert changed is True
     assert (rec["cores"], rec["ended"], rec["jobs"]) == (2, "2026-11-22T06:00:00Z", 7)
+    # a repeated registration keeps the first time; an earlier one wins
+    store.record(life(registered="2026-11-21T06:05:00Z"), T0)
+    assert store.record(life(registered="2026-11-21T07:00:00Z"), T0)[1]["registered"] == "2026-11-21T06:05:00Z"
+    assert store.record(life(registered="2026-11-21T06:04:00Z"), T0)[1]["registered"] == "2026-11-21T06:04:00Z"
     # the same slot created again is a new life
     store.record(life(created="2026-11-22T06:05:00Z"), T0)
     assert [r["life_id"] for r in store.query(slot="w1")] == [
