@@ -17,7 +17,9 @@ second run with nothing changed writes the same file (the module is idempotent).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import tempfile
@@ -590,7 +592,6 @@ METRICS_ARGUMENT_SPEC: Dict[str, Dict[str, Any]] = {
 
 def run_metrics(conn: Any, params: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
     """Record the play run and failures given, read the farm, write the textfile."""
-    from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import gather_info
     from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import farm_now
 
     filename = params["filename"]
@@ -603,6 +604,34 @@ def run_metrics(conn: Any, params: Dict[str, Any], check_mode: bool) -> Dict[str
         now = farm_now(params.get("now"))
     except ValueError as exc:
         raise MetricsError(str(exc), "now") from None
+    with _state_lock(params["state_path"], check_mode):
+        return _refresh(conn, params, check_mode, now, filename)
+
+
+@contextlib.contextmanager
+def _state_lock(state_path: str, check_mode: bool) -> Iterator[None]:
+    """One refresh at a time per state file: two plays recording runs at once both count."""
+    if check_mode or not state_path:
+        yield
+        return
+    directory = os.path.dirname(os.path.abspath(state_path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(state_path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise MetricsError(f"state_path: cannot lock {state_path}: {exc}", "state_path") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _refresh(
+    conn: Any, params: Dict[str, Any], check_mode: bool, now: datetime.datetime, filename: str
+) -> Dict[str, Any]:
+    from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import gather_info
+
     state = load_state(params["state_path"])
     state_changed = False
     play = params.get("play")

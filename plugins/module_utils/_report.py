@@ -171,7 +171,7 @@ def _layout(fig: Any, title: str, height: int = 380, **extra: Any) -> Any:
 
 
 def map_figure(snapshots: List[Dict[str, Any]]) -> Any:
-    hypervisors = sorted({s["hypervisor"] for s in snapshots})
+    hypervisors = sorted({s["hypervisor"] for s in snapshots})  # plotly renders labels as pseudo-HTML
     types = sorted({slot.get("worker_type") or "default" for s in snapshots for slot in s.get("slots", [])})
     symbol = {t: TYPE_SYMBOLS[i % len(TYPE_SYMBOLS)] for i, t in enumerate(types)}
     fig = go.Figure()
@@ -185,7 +185,7 @@ def map_figure(snapshots: List[Dict[str, Any]]) -> Any:
             wtype = slot.get("worker_type") or "default"
             point = points.setdefault((slot["lifecycle"], wtype), {"x": [], "y": [], "text": []})
             point["x"].append(col + 1)
-            point["y"].append(hv)
+            point["y"].append(html.escape(hv))
             point["text"].append(
                 "%s<br>%s, %s<br>%s:%s<br>%s vCPU, %s MiB"
                 % (
@@ -208,7 +208,7 @@ def map_figure(snapshots: List[Dict[str, Any]]) -> Any:
                     x=point["x"],
                     y=point["y"],
                     mode="markers",
-                    name=f"{state} ({wtype})" if len(types) > 1 else state,
+                    name=f"{state} ({html.escape(wtype)})" if len(types) > 1 else state,
                     marker={
                         "color": STATE_COLOURS.get(state, "#000000"),
                         "symbol": symbol[wtype],
@@ -224,14 +224,20 @@ def map_figure(snapshots: List[Dict[str, Any]]) -> Any:
         "Hypervisors and their slots now (colour: lifecycle state, shape: worker type)",
         height=max(260, 90 + 60 * len(hypervisors)),
         xaxis={"title": "slot", "dtick": 1, "rangemode": "tozero"},
-        yaxis={"type": "category", "categoryorder": "array", "categoryarray": hypervisors[::-1]},
+        yaxis={
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": [html.escape(h) for h in hypervisors[::-1]],
+        },
     )
 
 
 def rollout_figure(records: List[Dict[str, Any]], now: datetime.datetime) -> Any:
     fig = go.Figure()
     for key, (xs, ys) in rollout_series(records, now).items():
-        fig.add_trace(go.Scatter(x=xs, y=ys, name=key, mode="lines", line={"shape": "hv"}, stackgroup="rollout"))
+        fig.add_trace(
+            go.Scatter(x=xs, y=ys, name=html.escape(key), mode="lines", line={"shape": "hv"}, stackgroup="rollout")
+        )
     return _layout(fig, "Rollout of image versions: VMs alive per version", yaxis={"title": "VMs"})
 
 

@@ -204,3 +204,41 @@ def test_docs_and_dashboard_name_only_exported_metrics_and_docs_list_them_all():
         n for p in dashboard["panels"] for t in p["targets"] for n in re.findall(r"batchvirt_farm_[a-z_]+", t["expr"])
     }
     assert used and used <= names, used - names
+
+
+def test_concurrent_play_records_all_count(tmp_path):
+    import threading
+
+    uri = write_test_node(str(tmp_path / "node.xml"), [("w1", slot("w1", "hv1"), True)])
+    params = {k: v.get("default") for k, v in m.METRICS_ARGUMENT_SPEC.items()}
+    params.update(
+        hypervisor="hv1",
+        textfile_dir=str(tmp_path),
+        state_path=str(tmp_path / "s.json"),
+        image_root="",
+        accounting_path="",
+        config_path="",
+        now="2026-11-21T12:00:00Z",
+        play={"name": "recycle", "outcome": "success", "started": None},
+    )
+    errors = []
+
+    def refresh():
+        conn = libvirt.open(uri)
+        try:
+            for _i in range(5):
+                m.run_metrics(conn, dict(params), False)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=refresh) for _n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert m.load_state(str(tmp_path / "s.json"))["plays"]["recycle"]["runs"] == {"success": 20}
+    text = (tmp_path / "batchvirt_farm.prom").read_text()
+    assert 'batchvirt_farm_play_runs_total{hypervisor="hv1",outcome="success",play="recycle"} 20.0' in text

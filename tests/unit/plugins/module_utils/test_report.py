@@ -82,3 +82,11 @@ def test_bad_input_is_refused(snapshots, records, option):
     with pytest.raises(r.ReportError) as err:
         r.render(snapshots, records, NOW)
     assert err.value.option == option
+
+
+def test_hostile_names_stay_text():
+    bad = '</script><script>alert(1)</script><a href="javascript:alert(2)">x</a>'
+    slot = dict(SLOT_1, name=bad, worker_type=bad, image=bad)
+    page = r.render([{"hypervisor": bad, "slots": [slot, SLOT_2]}], [], NOW, title=bad)
+    assert "<script>alert" not in page
+    assert 'href="javascript' not in page and 'href=\\"javascript' not in page
