@@ -61,7 +61,8 @@ def test_snapshot_counts_states_types_and_capacity(farm):
     )
     data = snap.to_dict()
     assert data["slots_by_lifecycle"] == {
-        "stopped": 1, "expired": 1, "drained": 0, "draining": 1, "provisioning": 0, "expiring": 1, "active": 2,
+        "stopped": 1, "expired": 1, "failed": 0, "drained": 0, "draining": 1, "provisioning": 0, "expiring": 1,
+        "active": 2,
     }  # fmt: skip
     assert data["accepting"] == {"slots": 3, "vcpus": 3, "memory_mib": 192}
     assert {s["name"] for s in data["slots"]} == {
