@@ -11,7 +11,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _slot
-from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import utcnow
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import utcnow
 from ansible_collections.batchvirt.farm.plugins.modules import slot as slot_module
 
 libvirt = pytest.importorskip("libvirt")
@@ -143,7 +143,7 @@ def test_lvm_overlay_commands_and_rollback(image):
     assert "slot hv1-slot-07: seed ISO failed" in str(err.value)
     assert "nothing of this slot was left behind" in str(err.value)
     assert commands == [
-        ["lvcreate", "--snapshot", "--name", "hv1-slot-07", "--size", "1G", "/dev/vg0/worker_1"],
+        ["lvcreate", "--snapshot", "--name", "hv1-slot-07", "--size", "1024m", "vg0/worker_1"],
         ["lvremove", "--yes", "/dev/vg0/hv1-slot-07"],
     ]
     assert "hv1-slot-07" not in [d.name() for d in conn.listAllDomains(0)]
