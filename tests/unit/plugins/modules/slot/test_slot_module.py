@@ -158,3 +158,19 @@ def test_purpose_is_recorded_for_golden_nodes_only(capsys, image, purpose, recor
     )
     assert result["changed"]
     assert {k: v for k, v in result["slots"][0]["metadata"]["extra"].items() if k == "purpose"} == recorded
+
+
+def test_cloud_init_passwords_stay_out_of_the_log(capsys, image):
+    secret = "S3cret-pw-for-root"
+    cloud = {"chpasswd": {"users": [{"name": "operator", "password": secret}]}}
+    result = run_main(
+        capsys,
+        slots=[{"name": "hv1-slot-01", "cloud_init": cloud}],
+        cloud_init={"password": secret + "-top"},
+        image={"path": image},
+        _ansible_check_mode=True,
+    )
+    assert result["changed"], result
+    assert secret not in json.dumps(result)
+    logged = result["invocation"]["module_args"]["slots"][0]["cloud_init"]
+    assert logged["chpasswd"]["users"][0]["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
