@@ -127,8 +127,8 @@ options:
             type: str
           ranges:
             description:
-              - The addresses to use instead of O(layout.address_pool.first) to O(layout.address_pool.last):
-                addresses, ranges V(192.0.2.10-192.0.2.99) or CIDRs inside O(layout.address_pool.network).
+              - The addresses to use instead of O(layout.address_pool.first) to O(layout.address_pool.last),
+                as addresses, ranges V(192.0.2.10-192.0.2.99) or CIDRs inside O(layout.address_pool.network).
             type: list
             elements: str
           exclude:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tests.integration.inventory.farm_xml import slot
-from tests.unit.plugins.inventory.test_inventory_slots_plugin import (  # noqa: F401 (the fixture registers options)
-    _plugin_config,
+from tests.unit.plugins.inventory.test_inventory_slots_plugin import (  # pylint: disable=unused-import
+    _plugin_config,  # noqa: F401 (the autouse fixture registers the plugin's options)
     farm_data,
     group_hosts,
     make_plugin,
