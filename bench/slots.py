@@ -38,12 +38,14 @@ sys.path.insert(0, ROOT)
 COLLECTIONS = os.path.join(ROOT, "build", "collections")
 WORK = "/var/tmp/batchvirt-bench/slots"
 BIN = os.path.dirname(sys.executable)
-POOL = "batchvirt-slots"
-POOL_DIR = "/var/lib/batchvirt/slots"
 MEMORY_MIB = 64
 
 import libvirt  # noqa: E402
 import pycdlib  # noqa: E402
+
+from tests.testbed.slotpool import SLOTS_DIR as POOL_DIR  # noqa: E402 (the tests' slots pool)
+from tests.testbed.slotpool import SLOTS_POOL as POOL  # noqa: E402
+from tests.testbed.slotpool import ensure_slots_pool as ensure_pool  # noqa: E402
 
 
 def _quiet(*_args: object) -> None:
@@ -58,18 +60,6 @@ def ensure_link() -> None:
     if not os.path.lexists(link):
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(ROOT, link)
-
-
-def ensure_pool(conn) -> None:
-    try:
-        pool = conn.storagePoolLookupByName(POOL)
-    except libvirt.libvirtError:
-        os.makedirs(POOL_DIR, exist_ok=True)
-        pool = conn.storagePoolDefineXML(
-            f"<pool type='dir'><name>{POOL}</name><target><path>{POOL_DIR}</path></target></pool>"
-        )
-    if not pool.isActive():
-        pool.create(0)
 
 
 def sparse_base(size_gib: int) -> str:

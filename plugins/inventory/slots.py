@@ -24,6 +24,9 @@ description:
     (every character but letters, digits and C(_) becomes C(_)).
   - The group C(all) gets C(farm_unreachable_hypervisors), a list of C(name), C(uri), C(error) for every
     hypervisor that could not be read (empty when all answered), and C(farm_inventory_time).
+  - Slots of the whole farm that share a static address are reported in a warning, put in the group
+    C(farm_address_conflict) (always present, empty when there is none) and listed in C(farm_address_conflicts)
+    on C(all) (address to slot names).
   - A slot's SSH forward on 127.0.0.1 belongs to its hypervisor. For a remote hypervisor the plugin
     sets C(ansible_host=127.0.0.1) and C(ansible_ssh_common_args=-o ProxyJump=<hypervisor>) by default
     (see O(loopback_access)), so a play reaches the VM through the hypervisor.
@@ -519,6 +522,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             inventory.add_group("farm_foreign")
 
         unreachable = []
+        by_address: Dict[str, List[str]] = {}  # static address -> slots, to report duplicates
         seen: Dict[str, str] = {}
         memo: Dict[str, Any] = {}  # equal strings of all hosts share one (tagged) object
         for read in reads:
@@ -551,6 +555,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     )
                     continue
                 seen[name] = hv.name
+                address = ((dom.slot or {}).get("network") or {}).get("address") or ""
+                if address:
+                    by_address.setdefault(address.split("/", 1)[0], []).append(name)
                 variables = host_data(
                     self._host_vars(dom, hv, now, batch, batch_known, state_kwargs, loopback_jump), memo
                 )
@@ -578,6 +585,13 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     self._add_host_to_composed_groups(groups, variables, name, strict=strict)
                     self._add_host_to_keyed_groups(keyed, variables, name, strict=strict)
 
+        conflicts = {address: names for address, names in sorted(by_address.items()) if len(names) > 1}
+        inventory.add_group("farm_address_conflict")
+        for address, names in conflicts.items():
+            self.display.warning(f"batchvirt.farm.slots: the slots {', '.join(names)} share the address {address}")
+            for name in names:
+                inventory.add_child("farm_address_conflict", name)
+        inventory.set_variable("all", "farm_address_conflicts", host_data(conflicts))
         inventory.set_variable("all", "farm_unreachable_hypervisors", host_data(unreachable))
         inventory.set_variable("all", "farm_inventory_time", format_time(now))
 

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
+
 # Resident memory of one QEMU process beyond its guest's RAM, under KVM, in MiB.
 # A 1 vCPU / 512 MiB guest under KVM shows an RSS of about guest memory + 150-200 MiB:
 # QEMU's own code and heap, device emulation and virtio rings, video memory (16 MiB for
@@ -38,12 +40,13 @@ DEFAULT_RESERVED_MEMORY_MIB = 2048
 DEFAULT_RESERVED_CPUS = 1
 
 
-class CapacityError(ValueError):
-    """Input the capacity model cannot use; ``field_name`` names the offending input."""
+class CapacityError(FarmError, ValueError):
+    """Input the capacity model cannot use; ``option`` names the offending input."""
 
-    def __init__(self, message: str, field_name: str = "") -> None:
-        super().__init__(message)
-        self.field_name = field_name
+    @property
+    def field_name(self) -> str:
+        """The former name of ``option``."""
+        return self.option
 
 
 def qemu_overhead_for(

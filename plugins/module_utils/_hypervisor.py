@@ -10,7 +10,6 @@ thin modules over this file.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import os
@@ -19,19 +18,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._capacity import (
-    DEFAULT_RESERVED_CPUS,
-    DEFAULT_RESERVED_MEMORY_MIB,
-    CapacityError,
-    DomainUsage,
-    HostCapacity,
-    qemu_overhead_for,
-)
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
-    DOMAIN_STATE_NAMES,
-    default_domain_type,
-    host_domain_types,
-)
+from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 
 try:
     import libvirt
@@ -49,12 +36,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 
 
-class HypervisorError(ValueError):
+class HypervisorError(FarmError, ValueError):
     """Bad input or a hypervisor state we cannot work with; ``option`` names the input."""
-
-    def __init__(self, message: str, option: str = "") -> None:
-        super().__init__(message)
-        self.option = option
 
 
 # ---------------------------------------------------------------------------------------
@@ -519,11 +502,7 @@ def ensure_network(
     return out
 
 
-# ---------------------------------------------------------------------------------------
-# hypervisor_info
-# ---------------------------------------------------------------------------------------
 _POOL_STATES = {0: "inactive", 1: "building", 2: "running", 3: "degraded", 4: "inaccessible"}
-_DOMAIN_STATES = DOMAIN_STATE_NAMES
 
 
 def pool_info(pool: Any) -> Dict[str, Any]:
@@ -542,157 +521,76 @@ def pool_info(pool: Any) -> Dict[str, Any]:
     }
 
 
-def network_info(net: Any) -> Dict[str, Any]:
-    summary = network_summary_from_xml(net.XMLDesc(0))
-    summary.update(active=bool(net.isActive()), autostart=bool(net.autostart()))
-    return summary
+# ---------------------------------------------------------------------------------------
+# the modules
+# ---------------------------------------------------------------------------------------
+def run_pool_module(module: Any) -> Dict[str, Any]:
+    """The ``hypervisor_pool`` module."""
+    from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import connect
 
+    p = module.params
 
-def read_host_config(path: str) -> Dict[str, Any]:
-    """The hypervisor role's record (reservation, network mode, pools); {} when absent."""
-    if not path or not os.path.exists(path):
-        return {}
+    def run(command: List[str]) -> str:
+        rc, out, err = module.run_command(command)
+        if rc != 0:
+            raise HypervisorError("%s failed (rc=%d): %s" % (" ".join(command), rc, (err or out).strip()), "lvm")
+        return str(out)
+
+    spec = PoolSpec(
+        name=p["name"],
+        type=p["type"],
+        path=p["path"] if p["type"] == "dir" else "",
+        source_name=p["source_name"] or "",
+        source_devices=tuple(p["source_devices"]),
+    )
+    conn = connect(p["uri"])
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise HypervisorError(f"config_path: cannot read {path}: {exc}", "config_path") from None
-    if not isinstance(data, dict):
-        raise HypervisorError(f"config_path: {path} does not hold a JSON object", "config_path")
-    return data
-
-
-def host_memory_mib(conn: Any) -> int:
-    """Host memory in MiB as the kernel counts it (``/proc/meminfo`` MemTotal).
-
-    ``getInfo()`` sums NUMA node memory, which some virtualised hosts report short of the
-    real total; the all-cells memory statistics match ``free`` and Ansible's facts.
-    """
-    try:
-        stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
-        if stats.get("total"):
-            return int(stats["total"]) // 1024
-    except libvirt.libvirtError:
-        pass
-    return int(conn.getInfo()[1])
-
-
-def domain_usages(conn: Any, now: datetime.datetime) -> Tuple[List[DomainUsage], List[Dict[str, Any]]]:
-    """Every domain's usage, and the collection's slots with their lifecycle state."""
-    # read_metadata puts back the namespace virDomain.metadata() strips
-    from ansible_collections.batchvirt.farm.plugins.module_utils._slot import read_metadata
-    from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import SlotMetadataError
-
-    usages: List[DomainUsage] = []
-    slots: List[Dict[str, Any]] = []
-    for dom in conn.listAllDomains(0):
-        state, max_kib, _mem, vcpus, _cpu_time = dom.info()
-        active = bool(dom.isActive())
-        meta: Any = None
-        error = ""
-        try:
-            meta = read_metadata(dom)
-        except SlotMetadataError as exc:
-            error = str(exc)
-        is_slot = meta is not None or bool(error)
-        usages.append(
-            DomainUsage(
-                name=dom.name(),
-                memory_mib=int(max_kib) // 1024,
-                vcpus=int(vcpus),
-                active=active,
-                autostart=bool(dom.autostart()),
-                slot=is_slot,
-            )
+        out = ensure_pool(
+            conn,
+            spec,
+            state=p["state"],
+            active=p["active"],
+            autostart=p["autostart"],
+            min_free_mib=p["min_free_mib"],
+            check_mode=module.check_mode,
+            run_command=run if p["type"] == "logical" else None,
         )
-        if not is_slot:
-            continue
-        slot: Dict[str, Any] = {"domain": dom.name(), "state": _DOMAIN_STATES.get(state, str(state))}
-        if meta is None:
-            slot.update(name=dom.name(), lifecycle=None, error=error)
-        else:
-            slot.update(
-                name=meta.name,
-                lifecycle=meta.lifecycle(now, active),
-                image=meta.image_identifier,
-                image_version=meta.image_version,
-                drain_at=meta.to_dict()["drain_at"],
-                deadline=meta.to_dict()["deadline"],
-            )
-        slots.append(slot)
-    return usages, slots
+    finally:
+        conn.close()
+    result: Dict[str, Any] = {"changed": out.changed, "actions": out.actions}
+    if out.info:
+        result["pool"] = out.info
+    if module._diff:
+        result["diff"] = {"before": out.before, "after": out.after}
+    return result
 
 
-def _count_by(items: List[Dict[str, Any]], key: str) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    for item in items:
-        value = str(item.get(key) or "unreadable")
-        counts[value] = counts.get(value, 0) + 1
-    return counts
+def run_network_module(module: Any) -> Dict[str, Any]:
+    """The ``hypervisor_network`` module."""
+    from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import connect
 
-
-def _int_setting(option: Optional[int], config: Dict[str, Any], key: str, default: int) -> Tuple[int, str]:
-    if option is not None:
-        return int(option), "option"
-    if key in config:
-        return int(config[key]), "config"
-    return default, "default"
-
-
-def gather_info(
-    conn: Any,
-    config_path: str = DEFAULT_CONFIG_PATH,
-    reserved_memory_mib: Optional[int] = None,
-    reserved_cpus: Optional[int] = None,
-    qemu_overhead_mib: Optional[int] = None,
-    overcommit_cpu: float = 1.0,
-    plan: Optional[Dict[str, Any]] = None,
-    now: Optional[datetime.datetime] = None,
-) -> Dict[str, Any]:
-    """Everything ``hypervisor_info`` returns."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    config = read_host_config(config_path)
-    caps = conn.getCapabilities()
-    domain_type = default_domain_type(caps)
-    info = conn.getInfo()
-    cpus = int(info[2])
-    memory = host_memory_mib(conn)
-    res_mem, res_mem_src = _int_setting(reserved_memory_mib, config, "reserved_memory_mib", DEFAULT_RESERVED_MEMORY_MIB)
-    res_cpu, res_cpu_src = _int_setting(reserved_cpus, config, "reserved_cpus", DEFAULT_RESERVED_CPUS)
-    overhead_default = qemu_overhead_for(domain_type, int(config.get("qemu_overhead_mib", 200)))
-    overhead, _src = _int_setting(qemu_overhead_mib, {}, "", overhead_default)
-    usages, slots = domain_usages(conn, now)
+    p = module.params
+    result: Dict[str, Any] = {}
+    spec = None
+    if p["state"] == "present":
+        spec = NetworkSpec(
+            name=p["name"], mode=p["mode"], bridge=p["bridge"], address=p["address"] or "", dhcp=p["dhcp"]
+        )
+        result["xml"] = network_xml(spec)
+    conn = connect(p["uri"])
     try:
-        capacity = HostCapacity(cpus, memory, res_cpu, res_mem, overhead, tuple(usages))
-    except CapacityError as exc:
-        raise HypervisorError(str(exc), exc.field_name) from None
-    result: Dict[str, Any] = {
-        "hostname": conn.getHostname(),
-        "cpu_model": info[0],
-        "cpus": cpus,
-        "memory_mib": memory,
-        "reservation": {
-            "memory_mib": res_mem,
-            "cpus": res_cpu,
-            "source": res_mem_src if res_mem_src == res_cpu_src else f"{res_mem_src}/{res_cpu_src}",
-        },
-        "domain_types": host_domain_types(caps),
-        "default_domain_type": domain_type,
-        "capacity": capacity.to_dict(overcommit_cpu),
-        "domains": [u.to_dict() for u in usages],
-        "pools": [pool_info(p) for p in conn.listAllStoragePools(0)],
-        "networks": [network_info(n) for n in conn.listAllNetworks(0)],
-        "network_mode": config.get("network_mode", ""),
-        "slots": slots,
-        "slots_by_lifecycle": _count_by(slots, "lifecycle"),
-        "config": config,
-    }
-    if plan:
-        try:
-            verdict = capacity.check_plan(
-                int(plan["count"]), int(plan["memory_mib"]), int(plan["vcpus"]), overcommit_cpu
-            )
-        except CapacityError as exc:
-            raise HypervisorError(f"plan.{exc.field_name}: {exc}", "plan") from None
-        result["plan"] = verdict.to_dict()
+        out = ensure_network(
+            conn,
+            spec,
+            p["name"],
+            state=p["state"],
+            active=p["active"],
+            autostart=p["autostart"],
+            check_mode=module.check_mode,
+        )
+    finally:
+        conn.close()
+    result.update(changed=out.changed, actions=out.actions)
+    if module._diff:
+        result["diff"] = {"before": out.before, "after": out.after}
     return result

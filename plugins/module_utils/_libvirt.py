@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - depends on the host
     HAS_LIBVIRT = False
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import NAMESPACE
 
 DEFAULT_URI = "qemu:///system"
@@ -44,8 +45,8 @@ DOMAIN_STATE_NAMES: Dict[int, str] = {
 }
 
 
-class FarmLibvirtError(Exception):
-    """A libvirt failure explained for a site admin."""
+class FarmLibvirtError(FarmError):
+    """A libvirt failure explained for a site admin (``option``: ``uri`` when connecting failed)."""
 
 
 def _quiet(_ctx: object, _err: object) -> None:
@@ -65,7 +66,8 @@ def connect(uri: str = DEFAULT_URI, readonly: bool = False) -> Any:
     except libvirt.libvirtError as exc:
         raise FarmLibvirtError(
             "cannot connect to libvirt at %s: %s; check that libvirtd (or virtqemud) runs on the "
-            "hypervisor and that the URI is right" % (uri, exc.get_error_message())
+            "hypervisor and that the URI is right" % (uri, exc.get_error_message()),
+            "uri",
         ) from None
 
 

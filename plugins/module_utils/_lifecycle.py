@@ -73,11 +73,6 @@ class LifecycleTimes:
     drain_requested: bool = False
 
 
-def utcnow() -> datetime.datetime:
-    """The current time, timezone-aware UTC (the clock every caller injects)."""
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
 def compute_lifecycle(
     times: LifecycleTimes,
     now: datetime.datetime,

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import copy
 import traceback
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
     HAS_LIBVIRT,
     LIBVIRT_ARGUMENT_SPEC,
     LIBVIRT_IMPORT_ERROR,
+    FarmLibvirtError,
 )
 
 
@@ -53,9 +55,36 @@ class FarmModule(AnsibleModule):
             self.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
 
     def fail_from(self, exc: BaseException, msg: Optional[str] = None, **result: Any) -> None:
-        """Fail with the exception's own message (or ``msg``) and its traceback."""
+        """Fail with the exception's own message (or ``msg``), its traceback, the input it
+        blames (``option``, from :class:`FarmError`) and any partial result it carries."""
+        for key, value in (getattr(exc, "result", None) or {}).items():
+            result.setdefault(key, value)
+        option = getattr(exc, "option", "")
+        if option:
+            result.setdefault("option", option)
         self.fail_json(
             msg=msg or str(exc),
             exception="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
             **result,
         )
+
+
+def run_module(
+    module: FarmModule, work: Callable[[FarmModule], Dict[str, Any]], what: str = "", name_farm_errors: bool = False
+) -> None:
+    """Run a module's engine (``work(module)`` returns the result) and exit with it.
+
+    A failure names the input to blame (``option`` of a :class:`FarmError`). Errors that are
+    not the collection's (a libvirt error not anticipated) read ``<what>: <message>``; with
+    ``name_farm_errors`` the collection's own do too (``pool batchvirt-slots: ...``), except a
+    failed connection, whose message says everything.
+    """
+    try:
+        result = work(module)
+    except FarmLibvirtError as exc:
+        module.fail_from(exc)
+    except FarmError as exc:
+        module.fail_from(exc, msg=f"{what}: {exc}" if what and name_farm_errors else None)
+    except Exception as exc:  # libvirt errors and the like: fail with their message
+        module.fail_from(exc, msg=f"{what}: {exc}" if what else None)
+    module.exit_json(**result)

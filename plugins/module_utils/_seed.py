@@ -25,13 +25,15 @@ except ImportError:  # pragma: no cover - depends on the host
     HAS_PYCDLIB = False
     PYCDLIB_IMPORT_ERROR = traceback.format_exc()
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
+
 # Keys whose lists accumulate across sources instead of being replaced.
 _LIST_KEYS = ("write_files", "runcmd", "bootcmd", "packages", "ssh_authorized_keys", "users", "mounts")
 SEED_LABEL = "cidata"
 
 
-class SeedError(ValueError):
-    """Seed data that cannot be built; the message names the option."""
+class SeedError(FarmError, ValueError):
+    """Seed data that cannot be built; ``option`` names the option."""
 
 
 def merge_user_data(*sources: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -41,7 +43,9 @@ def merge_user_data(*sources: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         if not source:
             continue
         if not isinstance(source, dict):
-            raise SeedError(f"cloud_init must be a dict of cloud-config keys, got {type(source).__name__}")
+            raise SeedError(
+                f"cloud_init must be a dict of cloud-config keys, got {type(source).__name__}", "cloud_init"
+            )
         for key, value in source.items():
             if key in merged and key in _LIST_KEYS and isinstance(merged[key], list) and isinstance(value, list):
                 merged[key] = merged[key] + copy.deepcopy(value)
@@ -80,7 +84,10 @@ def network_config(
     nic: Dict[str, Any] = {"match": {"macaddress": mac}, "set-name": "eth0"}
     if address:
         if "/" not in address:
-            raise SeedError(f"network.address must carry its prefix length (such as 192.0.2.10/24), got {address!r}")
+            raise SeedError(
+                f"network.address must carry its prefix length (such as 192.0.2.10/24), got {address!r}",
+                "network.address",
+            )
         nic["addresses"] = [address]
         if gateway:
             nic["routes"] = [{"to": "default", "via": gateway}]
@@ -94,7 +101,9 @@ def network_config(
 def build_iso(files: Dict[str, str]) -> bytes:
     """An ISO 9660 image with Joliet and Rock Ridge names, volume label ``cidata``."""
     if not HAS_PYCDLIB:
-        raise SeedError("the Python module pycdlib is needed on the hypervisor to build seed ISOs: pip install pycdlib")
+        raise SeedError(
+            "the Python module pycdlib is needed on the hypervisor to build seed ISOs: pip install pycdlib", "seed"
+        )
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=SEED_LABEL)
     for number, (name, text) in enumerate(sorted(files.items())):
@@ -105,19 +114,3 @@ def build_iso(files: Dict[str, str]) -> bytes:
     iso.write_fp(out)
     iso.close()
     return out.getvalue()
-
-
-def read_iso(data: bytes) -> Dict[str, str]:
-    """The files of a seed ISO by their Joliet names (for tests and checks)."""
-    iso = pycdlib.PyCdlib()
-    iso.open_fp(io.BytesIO(data))
-    files: Dict[str, str] = {}
-    for child in iso.list_children(joliet_path="/"):
-        if child.is_dot() or child.is_dotdot():
-            continue
-        name = child.file_identifier().decode("utf-16_be")
-        out = io.BytesIO()
-        iso.get_file_from_iso_fp(out, joliet_path="/" + name)
-        files[name] = out.getvalue().decode("utf-8")
-    iso.close()
-    return files

@@ -13,8 +13,8 @@ import datetime
 import os
 from typing import Mapping, Optional
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import utcnow
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import parse_time
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import utcnow
 
 NOW_ENV = "BATCHVIRT_FARM_NOW"
 

@@ -11,6 +11,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import SlotMetadata, to_xml
+
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 _Q = f"{{{QEMU_NS}}}"
 # uuid5 namespace of the collection's slots (uuid5(NAMESPACE_URL, "https://batchvirt.farm/slot")).
@@ -32,7 +34,12 @@ def slot_mac(hypervisor: str, name: str) -> str:
 
 @dataclass
 class DomainSpec:
-    """Everything the domain definition of one slot is built from."""
+    """Everything the domain definition of one slot is built from.
+
+    The network mode, MAC and SSH endpoint are the slot metadata's (declared once, in
+    :class:`SlotMetadata`); the spec adds what only libvirt needs (bridge or network name,
+    extra user-mode forwards).
+    """
 
     name: str
     uuid: str
@@ -47,15 +54,30 @@ class DomainSpec:
     kernel: str = ""
     initrd: str = ""
     cmdline: str = ""
-    network_mode: str = "user"
     bridge: str = ""
     network: str = ""
-    mac: str = ""
-    ssh_host: str = "127.0.0.1"
-    ssh_port: int = 0
     console_log: str = ""
-    metadata_xml: str = ""
+    metadata: Optional[SlotMetadata] = None
     extra_forwards: List[Tuple[str, int, int]] = field(default_factory=list)
+
+    @property
+    def network_mode(self) -> str:
+        return (self.metadata.network_mode if self.metadata else "") or "user"
+
+    @property
+    def mac(self) -> str:
+        return self.metadata.mac if self.metadata else ""
+
+    @property
+    def ssh_host(self) -> str:
+        return (self.metadata.ssh_host if self.metadata else "") or "127.0.0.1"
+
+    @property
+    def ssh_port(self) -> int:
+        """The user-mode SSH forward's host port (0: none, and always 0 outside user mode)."""
+        if self.metadata is None or self.network_mode != "user":
+            return 0
+        return self.metadata.ssh_port
 
 
 def _sub(parent: ET.Element, tag: str, text: Optional[str] = None, **attrs: str) -> ET.Element:
@@ -84,8 +106,8 @@ def domain_xml(spec: DomainSpec) -> str:
     dom = ET.Element("domain", {"type": spec.domain_type})
     _sub(dom, "name", spec.name)
     _sub(dom, "uuid", spec.uuid)
-    if spec.metadata_xml:
-        _sub(dom, "metadata").append(ET.fromstring(spec.metadata_xml))
+    if spec.metadata is not None:
+        _sub(dom, "metadata").append(ET.fromstring(to_xml(spec.metadata)))
     _sub(dom, "memory", str(spec.memory_mib * 1024), unit="KiB")
     _sub(dom, "currentMemory", str(spec.memory_mib * 1024), unit="KiB")
     _sub(dom, "vcpu", str(spec.vcpus), placement="static")
@@ -178,24 +200,6 @@ def fingerprint(xml: str) -> Dict[str, Any]:
     """
     root = ET.fromstring(xml)
 
-    def mem_kib(path: str) -> int:
-        element = root.find(path)
-        if element is None or not element.text:
-            return 0
-        value = int(element.text)
-        unit = element.get("unit", "KiB")
-        factor = {
-            "b": 1 / 1024,
-            "bytes": 1 / 1024,
-            "KiB": 1,
-            "k": 1,
-            "MiB": 1024,
-            "M": 1024,
-            "GiB": 1024 * 1024,
-            "G": 1024 * 1024,
-        }
-        return int(value * factor.get(unit, 1))
-
     disks = []
     for disk in root.findall("./devices/disk"):
         source = disk.find("source")
@@ -260,18 +264,18 @@ def overlay_volume_xml(name: str, capacity_bytes: int, backing_path: str, backin
     return ET.tostring(vol, encoding="unicode")
 
 
-def raw_volume_xml(name: str, capacity_bytes: int) -> str:
+def raw_volume_xml(name: str, capacity_bytes: int, mode: str = "") -> str:
+    """A raw volume (the seed ISO); ``mode`` (such as ``0600``) sets its file permissions."""
     vol = ET.Element("volume")
     _sub(vol, "name", name)
     _sub(vol, "capacity", str(capacity_bytes), unit="bytes")
-    _sub(_sub(vol, "target"), "format", type="raw")
+    target = _sub(vol, "target")
+    _sub(target, "format", type="raw")
+    if mode:
+        _sub(_sub(target, "permissions"), "mode", mode)
     return ET.tostring(vol, encoding="unicode")
 
 
-def lvm_snapshot_commands(vg: str, origin_lv: str, name: str, size_gib: int) -> List[List[str]]:
-    """Commands creating a slot's LVM snapshot of the staged image's LV (untested here: no device-mapper)."""
-    return [["lvcreate", "--snapshot", "--name", name, "--size", f"{size_gib}G", f"/dev/{vg}/{origin_lv}"]]
-
-
 def lvm_remove_commands(vg: str, name: str) -> List[List[str]]:
+    """Commands removing a slot's LVM snapshot (created by ``_hypervisor.lvm_snapshot_command``)."""
     return [["lvremove", "--yes", f"/dev/{vg}/{name}"]]

@@ -15,12 +15,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
     BatchView,
     LifecycleTimes,
     compute_lifecycle,
     seconds_to_drain,
 )
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import parse_time as _timeutil_parse_time
 
 SCHEMA_VERSION = 1
 NAMESPACE = "http://batchvirt.farm/xmlns/slot/1"
@@ -28,35 +31,22 @@ PREFIX = "farm"  # the key libvirt stores the element under
 _NS = f"{{{NAMESPACE}}}"
 
 
-class SlotMetadataError(ValueError):
-    """Slot metadata that cannot be read or would be invalid; the message names the field."""
+class SlotMetadataError(FarmError, ValueError):
+    """Slot metadata that cannot be read or would be invalid; ``option`` names the field."""
 
-    def __init__(self, message: str, field_name: str = "") -> None:
-        super().__init__(message)
-        self.field_name = field_name
-
-
-def format_time(value: datetime.datetime) -> str:
-    """UTC ISO-8601 with a ``Z`` suffix and whole seconds."""
-    if value.tzinfo is None:
-        raise SlotMetadataError("times must be timezone-aware UTC", "time")
-    return value.astimezone(datetime.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    @property
+    def field_name(self) -> str:
+        """The former name of ``option`` (kept for readers of older code)."""
+        return self.option
 
 
 def parse_time(value: str, field_name: str = "time") -> datetime.datetime:
-    """Parse UTC ISO-8601 (``Z`` or an explicit offset); naive values are taken as UTC."""
-    text = (value or "").strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise SlotMetadataError(
-            f"{field_name}: {value!r} is not an ISO-8601 time such as 2026-11-21T06:00:00Z", field_name
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-    return parsed.astimezone(datetime.timezone.utc)
+    """``_timeutil.parse_time`` raising :class:`SlotMetadataError` naming ``field_name``."""
+
+    def error(_message: str, option: str) -> SlotMetadataError:
+        return SlotMetadataError(f"{option}: {value!r} is not an ISO-8601 time such as 2026-11-21T06:00:00Z", option)
+
+    return _timeutil_parse_time(value, field_name, error=error)
 
 
 @dataclass(frozen=True)

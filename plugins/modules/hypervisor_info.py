@@ -374,9 +374,8 @@ plan:
       sample: "memory: 8 VM(s) x (2048 MiB + 200 MiB QEMU overhead) = 17984 MiB, but only 14336 MiB are free (...)"
 """
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import HypervisorError, gather_info
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import FarmLibvirtError, connect
-from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule
+from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor_info import run_info_module  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule, run_module  # noqa: E402
 
 
 def main() -> None:
@@ -399,24 +398,7 @@ def main() -> None:
         needs_libvirt=True,
         supports_check_mode=True,
     )
-    p = module.params
-    try:
-        conn = connect(p["uri"], readonly=True)
-        try:
-            result = gather_info(
-                conn,
-                config_path=p["config_path"],
-                reserved_memory_mib=p["reserved_memory_mib"],
-                reserved_cpus=p["reserved_cpus"],
-                qemu_overhead_mib=p["qemu_overhead_mib"],
-                overcommit_cpu=p["overcommit_cpu"],
-                plan=p["plan"],
-            )
-        finally:
-            conn.close()
-    except (HypervisorError, FarmLibvirtError) as exc:
-        module.fail_from(exc)
-    module.exit_json(changed=False, **result)
+    run_module(module, run_info_module, what="hypervisor_info")
 
 
 if __name__ == "__main__":

@@ -93,16 +93,8 @@ xml:
   type: str
 """
 
-from typing import Any, Dict
-
-from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import (
-    HypervisorError,
-    NetworkSpec,
-    ensure_network,
-    network_xml,
-)
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import FarmLibvirtError, connect
-from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule
+from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import run_network_module  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule, run_module  # noqa: E402
 
 
 def main() -> None:
@@ -121,38 +113,7 @@ def main() -> None:
         supports_check_mode=True,
         required_if=[("state", "present", ("mode", "bridge")), ("mode", "nat", ("address",))],
     )
-    p = module.params
-    result: Dict[str, Any] = {}
-    try:
-        spec = None
-        if p["state"] == "present":
-            spec = NetworkSpec(
-                name=p["name"], mode=p["mode"], bridge=p["bridge"], address=p["address"] or "", dhcp=p["dhcp"]
-            )
-            result["xml"] = network_xml(spec)
-        conn = connect(p["uri"])
-        try:
-            out = ensure_network(
-                conn,
-                spec,
-                p["name"],
-                state=p["state"],
-                active=p["active"],
-                autostart=p["autostart"],
-                check_mode=module.check_mode,
-            )
-        finally:
-            conn.close()
-    except HypervisorError as exc:
-        module.fail_from(exc, msg=f"network {p['name']}: {exc}")
-    except FarmLibvirtError as exc:
-        module.fail_from(exc)
-    except Exception as exc:  # libvirt.libvirtError, reported with the network's name
-        module.fail_from(exc, msg=f"network {p['name']}: {exc}")
-    result.update(changed=out.changed, actions=out.actions)
-    if module._diff:
-        result["diff"] = {"before": out.before, "after": out.after}
-    module.exit_json(**result)
+    run_module(module, run_network_module, what="network " + str(module.params["name"]), name_farm_errors=True)
 
 
 if __name__ == "__main__":

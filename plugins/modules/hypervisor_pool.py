@@ -130,13 +130,8 @@ pool:
       type: int
 """
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import (
-    HypervisorError,
-    PoolSpec,
-    ensure_pool,
-)
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import FarmLibvirtError, connect
-from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule
+from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import run_pool_module  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule, run_module  # noqa: E402
 
 
 def main() -> None:
@@ -156,48 +151,7 @@ def main() -> None:
         supports_check_mode=True,
         required_if=[("type", "dir", ("path",)), ("type", "logical", ("source_name",))],
     )
-    p = module.params
-
-    def run(command):  # type: ignore[no-untyped-def]
-        rc, out, err = module.run_command(command)
-        if rc != 0:
-            raise HypervisorError("%s failed (rc=%d): %s" % (" ".join(command), rc, (err or out).strip()), "lvm")
-        return out
-
-    try:
-        spec = PoolSpec(
-            name=p["name"],
-            type=p["type"],
-            path=p["path"] if p["type"] == "dir" else "",
-            source_name=p["source_name"] or "",
-            source_devices=tuple(p["source_devices"]),
-        )
-        conn = connect(p["uri"])
-        try:
-            out = ensure_pool(
-                conn,
-                spec,
-                state=p["state"],
-                active=p["active"],
-                autostart=p["autostart"],
-                min_free_mib=p["min_free_mib"],
-                check_mode=module.check_mode,
-                run_command=run if p["type"] == "logical" else None,
-            )
-        finally:
-            conn.close()
-    except HypervisorError as exc:
-        module.fail_from(exc, msg=f"pool {p['name']}: {exc}")
-    except FarmLibvirtError as exc:
-        module.fail_from(exc)
-    except Exception as exc:  # libvirt.libvirtError and OS errors, reported with the pool's name
-        module.fail_from(exc, msg=f"pool {p['name']}: {exc}")
-    result = {"changed": out.changed, "actions": out.actions}
-    if out.info:
-        result["pool"] = out.info
-    if module._diff:
-        result["diff"] = {"before": out.before, "after": out.after}
-    module.exit_json(**result)
+    run_module(module, run_pool_module, what="pool " + str(module.params["name"]), name_farm_errors=True)
 
 
 if __name__ == "__main__":

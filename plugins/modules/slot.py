@@ -75,7 +75,9 @@ options:
         description: The batch node name of this slot (default the slot name).
         type: str
       cloud_init:
-        description: The cloud-config of this slot (replaces O(cloud_init)).
+        description:
+          - The cloud-config of this slot (replaces O(cloud_init)).
+          - Kept out of the logs (it may carry passwords); its string values are masked in the output too.
         type: dict
   layout:
     description:
@@ -91,14 +93,24 @@ options:
         default: auto
       index:
         description:
-          - This hypervisor's index in the farm (0, 1, ...); slot C(n) takes the pool address number
-            O(layout.index) * O(layout.stride) + C(n), so addresses never collide across hypervisors.
+          - This hypervisor's address block (0, 1, ...) when none is recorded yet; slot C(n) takes the pool
+            address number I(block) * O(layout.stride) + C(n), so addresses never collide across hypervisors.
+          - The first run with O(layout.address_pool) records the block in O(layout.block_record); from then on
+            the recorded block is used and a different O(layout.index) only gives a warning, so a slot's
+            address never moves when hypervisors are added, reordered or left out with C(--limit).
         type: int
         default: 0
       stride:
-        description: Addresses kept per hypervisor; the same for the whole farm, at least the slot count.
+        description:
+          - Addresses kept per hypervisor; the same for the whole farm, at least the slot count.
+          - Refused when it differs from the stride recorded with the hypervisor's block (every address would move).
         type: int
         default: 32
+      block_record:
+        description:
+          - The file on the host running the module where the hypervisor's address block is recorded (JSON).
+        type: path
+        default: /etc/batchvirt/slot-block.json
       address_pool:
         description: The site pool static addresses come from (bridge or libvirt network mode).
         type: dict
@@ -113,6 +125,19 @@ options:
           last:
             description: The last address to use (default the network's last host).
             type: str
+          ranges:
+            description:
+              - The addresses to use instead of O(layout.address_pool.first) to O(layout.address_pool.last),
+                as addresses, ranges V(192.0.2.10-192.0.2.99) or CIDRs inside O(layout.address_pool.network).
+            type: list
+            elements: str
+          exclude:
+            description:
+              - Addresses, ranges or CIDRs never given to a slot (routers, printers, reserved hosts).
+              - Changing it moves the addresses after the excluded ones; existing slots refuse the move,
+                so exclude only addresses beyond the ones in use, or recreate the slots.
+            type: list
+            elements: str
           gateway:
             description: The default gateway (never given to a slot).
             type: str
@@ -230,7 +255,10 @@ options:
         description: The libvirt network (V(network) mode); it must exist.
         type: str
       address:
-        description: The static address with its prefix, for example V(192.0.2.10/24) (written to network-config).
+        description:
+          - The static address with its prefix, for example V(192.0.2.10/24) (written to network-config).
+          - Fixed when the slot is created; a rerun that gives an existing slot another address fails
+            (recreate the slot to change it).
         type: str
       gateway:
         description: The default gateway for a static address.
@@ -240,7 +268,9 @@ options:
         type: list
         elements: str
       mac:
-        description: The MAC address (default derived from the hypervisor and slot name).
+        description:
+          - The MAC address (default derived from the hypervisor and slot name).
+          - Fixed when the slot is created, like O(network.address).
         type: str
       ssh_host:
         description: The host address the SSH forward binds to (V(user) mode).
@@ -261,7 +291,9 @@ options:
         type: list
         elements: str
   cloud_init:
-    description: The site's cloud-config (a dict), merged with O(ssh_authorized_keys) and the batch registration.
+    description:
+      - The site's cloud-config (a dict), merged with O(ssh_authorized_keys) and the batch registration.
+      - Kept out of the logs (it may carry passwords); its string values are masked in the output too.
     type: dict
   ssh_authorized_keys:
     description: SSH public keys for the guest's default user.
@@ -489,16 +521,15 @@ ssh:
   sample: {host: 127.0.0.1, port: 10022, user: root}
 """
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import FarmLibvirtError, connect  # noqa: E402
-from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule  # noqa: E402
-from ansible_collections.batchvirt.farm.plugins.module_utils._slot import SlotError, run  # noqa: E402
-from ansible_collections.batchvirt.farm.plugins.module_utils._slot_clock import farm_now  # noqa: E402
-from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import SlotMetadataError  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule, run_module  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot import run_slot_module  # noqa: E402
 
 _ADDRESS_POOL = {
     "network": {"type": "str", "required": True},
     "first": {"type": "str"},
     "last": {"type": "str"},
+    "ranges": {"type": "list", "elements": "str"},
+    "exclude": {"type": "list", "elements": "str"},
     "gateway": {"type": "str"},
     "dns": {"type": "list", "elements": "str"},
 }
@@ -515,7 +546,7 @@ ARGUMENT_SPEC = {
             "network": {"type": "dict"},
             "worker_type": {"type": "str"},
             "batch_node": {"type": "str"},
-            "cloud_init": {"type": "dict"},
+            "cloud_init": {"type": "dict", "no_log": True},
         },
     },
     "layout": {
@@ -524,6 +555,7 @@ ARGUMENT_SPEC = {
             "count": {"type": "str", "default": "auto"},
             "index": {"type": "int", "default": 0},
             "stride": {"type": "int", "default": 32},
+            "block_record": {"type": "path", "default": "/etc/batchvirt/slot-block.json"},
             "address_pool": {"type": "dict", "options": _ADDRESS_POOL},
             "ssh_port_base": {"type": "int"},
             "reserved_memory_mib": {"type": "int"},
@@ -575,7 +607,7 @@ ARGUMENT_SPEC = {
             "forwards": {"type": "list", "elements": "str"},
         },
     },
-    "cloud_init": {"type": "dict"},
+    "cloud_init": {"type": "dict", "no_log": True},
     "ssh_authorized_keys": {"type": "list", "elements": "str", "no_log": False},
     "lifetime": {"type": "int", "default": 604800},
     "lifetime_spread": {"type": "int", "default": 0},
@@ -619,18 +651,7 @@ def main() -> None:
         required_one_of=[("name", "slots", "layout")],
         required_if=[("state", "draining", ("drain_reason",))],
     )
-    try:
-        now = farm_now()
-        conn = connect(module.params["uri"])
-        try:
-            result = run(module, conn, now)
-        finally:
-            conn.close()
-    except (SlotError, SlotMetadataError, FarmLibvirtError) as exc:
-        module.fail_from(exc, option=getattr(exc, "option", "") or getattr(exc, "field_name", ""))
-    except Exception as exc:  # libvirt errors not anticipated above: fail with their message
-        module.fail_from(exc, msg=f"slot: {exc}")
-    module.exit_json(**result)
+    run_module(module, run_slot_module, what="slot")
 
 
 if __name__ == "__main__":

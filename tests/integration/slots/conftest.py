@@ -10,9 +10,8 @@ import pytest
 
 from tests.integration.slots import tinyguest
 from tests.testbed.bed import libvirt
+from tests.testbed.slotpool import SLOTS_DIR, SLOTS_POOL, ensure_slots_pool
 
-SLOTS_POOL = "batchvirt-slots"
-SLOTS_DIR = "/var/lib/batchvirt/slots"
 HERE = os.path.dirname(os.path.abspath(__file__))
 SLOT_PLAYBOOK = os.path.join(HERE, "playbooks", "slot.yml")
 
@@ -26,16 +25,7 @@ def guest():
 def slots_pool(libvirt_uri):
     conn = libvirt.open(libvirt_uri)
     try:
-        try:
-            pool = conn.storagePoolLookupByName(SLOTS_POOL)
-        except libvirt.libvirtError:
-            os.makedirs(SLOTS_DIR, exist_ok=True)
-            pool = conn.storagePoolDefineXML(
-                f"<pool type='dir'><name>{SLOTS_POOL}</name><target><path>{SLOTS_DIR}</path></target></pool>"
-            )
-        if not pool.isActive():
-            pool.create(0)
-        return SLOTS_POOL
+        return ensure_slots_pool(conn)
     finally:
         conn.close()
 

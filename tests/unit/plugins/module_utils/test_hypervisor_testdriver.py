@@ -20,8 +20,8 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import 
     PoolSpec,
     ensure_network,
     ensure_pool,
-    gather_info,
 )
+from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor_info import gather_info  # noqa: E402
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import connect  # noqa: E402
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import (  # noqa: E402
     SlotMetadata,

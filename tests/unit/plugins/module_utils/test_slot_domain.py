@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import xml.etree.ElementTree as ET
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_domain import (
@@ -11,14 +12,18 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._slot_domain import
     domain_xml,
     fingerprint,
     lvm_remove_commands,
-    lvm_snapshot_commands,
     overlay_volume_xml,
     slot_mac,
     slot_uuid,
 )
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import SlotMetadata
+
+_ENDPOINT = ("network_mode", "mac", "ssh_host", "ssh_port")
 
 
 def spec(**overrides):
+    """A DomainSpec; the network mode, MAC and SSH endpoint go to its metadata (declared there)."""
+    endpoint = {k: overrides.pop(k) for k in _ENDPOINT if k in overrides}
     values = {
         "name": "hv1-slot-01",
         "uuid": slot_uuid("hv1", "hv1-slot-01"),
@@ -27,11 +32,22 @@ def spec(**overrides):
         "memory_mib": 512,
         "overlay_path": "/var/lib/batchvirt/slots/hv1-slot-01.qcow2",
         "seed_path": "/var/lib/batchvirt/slots/hv1-slot-01-seed.iso",
-        "mac": slot_mac("hv1", "hv1-slot-01"),
-        "ssh_port": 10022,
         "console_log": "/var/log/libvirt/qemu/hv1-slot-01-console.log",
     }
     values.update(overrides)
+    meta = {"network_mode": "user", "mac": slot_mac("hv1", "hv1-slot-01"), "ssh_host": "127.0.0.1", "ssh_port": 10022}
+    meta.update(endpoint)
+    t0 = datetime.datetime(2026, 11, 21, 6, tzinfo=datetime.timezone.utc)
+    values["metadata"] = SlotMetadata(
+        name="hv1-slot-01",
+        hypervisor="hv1",
+        image_identifier="worker",
+        image_version="1",
+        created_at=t0,
+        drain_at=t0 + datetime.timedelta(days=1),
+        deadline=t0 + datetime.timedelta(days=2),
+        **meta,
+    )
     return DomainSpec(**values)
 
 
@@ -124,7 +140,5 @@ def test_overlay_volume_has_backing_store():
 
 
 def test_lvm_commands():
-    assert lvm_snapshot_commands("vg0", "worker-el9_1", "hv1-slot-01", 20) == [
-        ["lvcreate", "--snapshot", "--name", "hv1-slot-01", "--size", "20G", "/dev/vg0/worker-el9_1"]
-    ]
+    # the snapshot command is _hypervisor.lvm_snapshot_command (validated; test_hypervisor_builders)
     assert lvm_remove_commands("vg0", "hv1-slot-01") == [["lvremove", "--yes", "/dev/vg0/hv1-slot-01"]]

@@ -9,15 +9,13 @@ import struct
 import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._capacity import host_capacity
-from ansible_collections.batchvirt.farm.plugins.module_utils._slot import (
-    SlotError,
-    _is_local,
-    expand_requests,
-    image_virtual_size,
-)
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_clock import NOW_ENV, farm_now
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import SlotError
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import is_local as _is_local
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_image import image_virtual_size
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_layout import LayoutError
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import SlotMetadataError
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_plan import expand_requests
 
 BASE = {
     "name": None,

@@ -11,7 +11,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _slot
-from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import utcnow
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import utcnow
 from ansible_collections.batchvirt.farm.plugins.modules import slot as slot_module
 
 libvirt = pytest.importorskip("libvirt")
@@ -143,7 +143,7 @@ def test_lvm_overlay_commands_and_rollback(image):
     assert "slot hv1-slot-07: seed ISO failed" in str(err.value)
     assert "nothing of this slot was left behind" in str(err.value)
     assert commands == [
-        ["lvcreate", "--snapshot", "--name", "hv1-slot-07", "--size", "1G", "/dev/vg0/worker_1"],
+        ["lvcreate", "--snapshot", "--name", "hv1-slot-07", "--size", "1024m", "vg0/worker_1"],
         ["lvremove", "--yes", "/dev/vg0/hv1-slot-07"],
     ]
     assert "hv1-slot-07" not in [d.name() for d in conn.listAllDomains(0)]
@@ -158,3 +158,19 @@ def test_purpose_is_recorded_for_golden_nodes_only(capsys, image, purpose, recor
     )
     assert result["changed"]
     assert {k: v for k, v in result["slots"][0]["metadata"]["extra"].items() if k == "purpose"} == recorded
+
+
+def test_cloud_init_passwords_stay_out_of_the_log(capsys, image):
+    secret = "S3cret-pw-for-root"
+    cloud = {"chpasswd": {"users": [{"name": "operator", "password": secret}]}}
+    result = run_main(
+        capsys,
+        slots=[{"name": "hv1-slot-01", "cloud_init": cloud}],
+        cloud_init={"password": secret + "-top"},
+        image={"path": image},
+        _ansible_check_mode=True,
+    )
+    assert result["changed"], result
+    assert secret not in json.dumps(result)
+    logged = result["invocation"]["module_args"]["slots"][0]["cloud_init"]
+    assert logged["chpasswd"]["users"][0]["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"

@@ -1,0 +1,139 @@
+# Copyright (c) batchvirt.farm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private to batchvirt.farm: draining and removing slots (``state=draining`` and ``absent``).
+
+A drain request is recorded in the slot's metadata. Removal refuses a slot that may still
+run jobs (unless ``force``), then removes the domain, its overlay and its seed ISO. The
+volumes are found and deleted through libvirt's storage API, so a remote ``uri`` removes
+them on the hypervisor, not on the machine running the module.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import libvirt
+from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import DRAINED, EXPIRED, STOPPED
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_domain import lvm_remove_commands
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import (
+    CONSOLE_LOG_DIR,
+    DEFAULT_POOL,
+    SlotError,
+    SlotHost,
+    SlotResult,
+    read_metadata,
+)
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import SlotMetadata, format_time, to_xml
+
+
+def drain(host: SlotHost, requests: Sequence[Dict[str, Any]], reason: str) -> List[SlotResult]:
+    """Record an operator drain request (with ``reason``) in each slot's metadata, once."""
+    if not reason:
+        raise SlotError("state=draining needs drain_reason (why the slot is drained)", "drain_reason")
+    results = []
+    for req in requests:
+        name = req["name"]
+        dom = host.domains.get(name)
+        if dom is None:
+            raise SlotError(f"slot {name} does not exist on this hypervisor: nothing to drain", "name")
+        current = read_metadata(dom)
+        if current is None:
+            raise SlotError(f"domain {name} is not a batchvirt slot (no slot metadata)", "name")
+        active = bool(dom.isActive())
+        result = SlotResult(name)
+        meta = current
+        if not current.drain_requested or current.drain_reason != reason:
+            meta = current.request_drain(reason, host.now)
+            result.actions.append("record drain request")
+            result.changed = True
+            if host.diff_mode:
+                result.diff = {
+                    "before_header": f"{name} (slot metadata)",
+                    "after_header": f"{name} (slot metadata)",
+                    "before": to_xml(current) + "\n",
+                    "after": to_xml(meta) + "\n",
+                }
+            if not host.check_mode:
+                host.set_metadata(dom, meta, active)
+        result.result = host.describe_existing(name, meta, active)
+        results.append(result)
+    return results
+
+
+def _slots_to_remove(host: SlotHost, requests: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], Any, Any]]:
+    entries = []
+    for req in requests:
+        name = req["name"]
+        dom = host.domains.get(name)
+        meta = None
+        if dom is not None:
+            meta = read_metadata(dom)
+            if meta is None:
+                raise SlotError(f"domain {name} is not a batchvirt slot (no slot metadata): not removing it", "name")
+        entries.append((req, dom, meta))
+    return entries
+
+
+def remove(host: SlotHost, requests: Sequence[Dict[str, Any]], force: bool) -> List[SlotResult]:
+    """Remove slots that no longer run jobs (or any, with ``force``), their volumes and logs."""
+    entries = _slots_to_remove(host, requests)
+    views = host.batch_views([m for _r, _d, m in entries if m is not None]) if not force else {}
+    results = []
+    for req, dom, meta in entries:
+        name = req["name"]
+        result = SlotResult(name)
+        before_xml = dom.XMLDesc(0) if dom is not None and host.diff_mode else ""
+        if dom is not None and meta is not None:
+            _remove_domain(host, dom, meta, views.get(meta.node_name), force, result)
+        _remove_volumes(host, req, name, result, lvm=dom is not None)
+        log = os.path.join(CONSOLE_LOG_DIR, f"{name}-console.log")
+        if host.local and os.path.exists(log) and not host.check_mode:
+            os.unlink(log)
+        result.changed = bool(result.actions)
+        if result.changed and host.diff_mode and dom is not None:
+            result.diff = {"before_header": name, "after_header": f"{name} (absent)", "before": before_xml, "after": ""}
+        result.result.setdefault("name", name)
+        results.append(result)
+    return results
+
+
+def _remove_domain(host: SlotHost, dom: Any, meta: SlotMetadata, view: Any, force: bool, result: SlotResult) -> None:
+    name = result.name
+    active = bool(dom.isActive())
+    state = meta.lifecycle(host.now, active, view)
+    if not force and state not in (STOPPED, DRAINED, EXPIRED):
+        raise SlotError(
+            "slot %s is %s (drain_at %s, deadline %s): it may run jobs; drain it (state=draining) and "
+            "wait until it is drained, stop it, or pass force=true"
+            % (name, state, format_time(meta.drain_at), format_time(meta.deadline)),
+            "force",
+        )
+    result.actions.append(f"remove domain (was {state})")
+    if not host.check_mode:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        host.domains.pop(name, None)
+    result.result = host.describe_existing(name, meta, False)
+    result.result["lifecycle_before"] = state
+
+
+def _remove_volumes(host: SlotHost, req: Dict[str, Any], name: str, result: SlotResult, lvm: bool) -> None:
+    """The overlay and the seed ISO, as libvirt sees the pool on the hypervisor."""
+    pool, pool_dir = host.pool(req.get("pool") or DEFAULT_POOL)
+    host.refresh(pool)  # files made or removed behind libvirt's back
+    for volume, what in ((f"{name}.qcow2", "overlay"), (f"{name}-seed.iso", "seed ISO")):
+        vol: Optional[Any] = host.volume(pool, volume)
+        path = os.path.join(pool_dir, volume)
+        if vol is None and not (host.local and os.path.exists(path)):
+            continue
+        result.actions.append(f"delete {what}")
+        if not host.check_mode:
+            host.delete_volume(pool, path)
+    overlay = req.get("overlay") or {}
+    if overlay.get("type") == "lvm" and lvm:
+        result.actions.append("remove LVM snapshot")
+        if not host.check_mode:
+            for argv in lvm_remove_commands(overlay["volume_group"], name):
+                host.run(argv)
