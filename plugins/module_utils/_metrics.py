@@ -4,7 +4,7 @@
 
 On each hypervisor the ``farm_metrics`` module reads the slots (through the inventory's
 read-only model: :func:`_inventory.read_domains` and the shared lifecycle), the capacity
-(:func:`_hypervisor.gather_info`), the image cache (its public ``images()`` and
+(:func:`_hypervisor_info.gather_info`), the image cache (its public ``images()`` and
 ``history()``), the accounting records (:mod:`_accounting`) and the record of the last run
 of each lifecycle play (a small JSON file this module keeps), builds a
 ``prometheus_client`` registry of its own and writes it with ``write_to_textfile`` (a
@@ -630,7 +630,7 @@ def _state_lock(state_path: str, check_mode: bool) -> Iterator[None]:
 def _refresh(
     conn: Any, params: Dict[str, Any], check_mode: bool, now: datetime.datetime, filename: str
 ) -> Dict[str, Any]:
-    from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import gather_info
+    from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor_info import gather_info
 
     state = load_state(params["state_path"])
     state_changed = False
