@@ -38,6 +38,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._batch import (
     as_list,
     subprocess_runner,
 )
+from ansible_collections.batchvirt.farm.plugins.module_utils._batch_queue import SQUEUE_PENDING_ARGS
 
 # Job states that hold a node (a drain waits for them).
 ACTIVE_JOB_STATES = ("RUNNING", "COMPLETING", "SUSPENDED", "CONFIGURING", "STOPPED")
@@ -510,6 +511,10 @@ class SlurmAdapter(BatchAdapter):
         if wanted:
             return {n: selected.get(n) or NodeStatus(name=n, state=ABSENT) for n in wanted}
         return selected
+
+    def pending_jobs_output(self) -> str:
+        """Every pending job, one line each, from ONE squeue (parsed by ``_batch_queue``)."""
+        return self._check(["squeue", *SQUEUE_PENDING_ARGS], "reading the pending jobs")
 
     def controller_log(self) -> str:
         """The SlurmctldLogFile of the configuration (``scontrol show config``), or ''."""
