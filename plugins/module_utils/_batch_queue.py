@@ -5,8 +5,8 @@
 :func:`read_pending` asks an adapter (:mod:`._batch`) for every pending job with the worker
 type it asks for (its constraint), its partition, its cores and its submit time:
 
-* Slurm: one ``squeue -h -r -t PENDING -o '%i|%f|%P|%C|%V|%r'`` (array elements one per line;
-  ``%V`` is the submit time in the controller host's local time);
+* Slurm: one ``squeue -h -r -t PENDING -o '%i<TAB>%P<TAB>%C<TAB>%V<TAB>%r<TAB>%f'`` (array
+  elements one per line; ``%V`` is the submit time in the controller host's local time);
 * HTCondor: one ``condor_q -allusers -json -constraint 'JobStatus == 1'`` with the attributes
   below. A job asks for a type with ``+FarmWorkerType = "<type>"`` in its submit file, or with
   ``stringListMember("<type>", FARM_FEATURES)`` in its requirements (the feature list each
@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Optional
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import parse_time
 
-SQUEUE_PENDING_ARGS = ("-h", "-r", "-t", "PENDING", "-o", "%i|%f|%P|%C|%V|%r")
+# Tab-separated, the constraint last: a constraint may hold '|' (``typeA|typeB``).
+SQUEUE_PENDING_ARGS = ("-h", "-r", "-t", "PENDING", "-o", "%i\t%P\t%C\t%V\t%r\t%f")
 CONDOR_Q_ATTRIBUTES = (
     "ClusterId",
     "ProcId",
@@ -104,13 +105,15 @@ def parse_squeue_pending(text: str, tz: Optional[datetime.tzinfo] = None) -> Lis
     """
     jobs: List[PendingJob] = []
     for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line:
+        if not line.strip():
             continue
-        parts = line.split("|")
+        parts = line.split("\t", 5)
         if len(parts) != 6:
-            raise QueueError(f"squeue line {number} has {len(parts)} fields, expected 6 (%i|%f|%P|%C|%V|%r): {line!r}")
-        job_id, features, partition, cores, submitted, reason = (p.strip() for p in parts)
+            raise QueueError(
+                f"squeue line {number} has {len(parts)} tab-separated fields, expected 6 "
+                f"(job id, partition, cores, submit time, reason, constraint): {line!r}"
+            )
+        job_id, partition, cores, submitted, reason, features = (p.strip() for p in parts)
         if features in ("(null)", "N/A"):
             features = ""
         try:

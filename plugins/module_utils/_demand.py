@@ -38,10 +38,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._batch_queue import PendingJob
+from ansible_collections.batchvirt.farm.plugins.module_utils._batch_queue import PendingJob, jobs_from_data, read_pending
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
-from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time, parse_time
-from ansible_collections.batchvirt.farm.plugins.module_utils._worker_type import WorkerType, match_type
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time, parse_time, utcnow
+from ansible_collections.batchvirt.farm.plugins.module_utils._worker_type import (
+    WorkerType,
+    match_type,
+    parse_worker_types,
+)
 
 # Lifecycle states (the names of _lifecycle), grouped by what the plan does with them.
 SERVING = ("active", "expiring", "provisioning")
@@ -364,7 +368,7 @@ def plan_demand(
             wt = max(short, key=lambda t: ((target[t.name] - count[t.name]) / t.weight, -order[t.name]))
             return wt.name, (
                 f"{wt.name} has {count[wt.name]} slot(s) for a target of {target[wt.name]} "
-                f"({held[wt.name]} pending job(s) held {policy.hold_seconds:g} s, {busy[wt.name]} busy slot(s))"
+                f"({held[wt.name]} job(s) pending for {policy.hold_seconds:g} s or more, {busy[wt.name]} busy slot(s))"
             )
         for candidate, why in ((previous, "the type this place had"), (hv_type, "the hypervisor's default type")):
             if candidate in by_name and count[candidate] < by_name[candidate].cap(capacity):
@@ -486,3 +490,23 @@ def plan_demand(
     }
     plan.queue = counts
     return plan
+
+
+def plan_from_params(params: Mapping[str, Any], adapter: Any = None) -> Dict[str, Any]:
+    """The ``demand_plan`` module's engine: validate the options, read the queue ONCE through
+    ``adapter`` (unless ``params['queue']`` gives it), and return the plan as data."""
+    types = parse_worker_types(params.get("worker_types"))
+    policy = Policy.from_data(params.get("policy"))
+    slots = slots_from_data(params.get("slots") or [])
+    hypervisors = hypervisors_from_data(params.get("hypervisors") or [])
+    now = parse_time(params["now"], "now", DemandError) if params.get("now") else utcnow()
+    commands_before = getattr(adapter, "commands_run", 0)
+    if params.get("queue") is not None or adapter is None:
+        jobs = jobs_from_data(params.get("queue") or [])
+    else:
+        jobs = read_pending(adapter)
+    plan = plan_demand(types, jobs, slots, hypervisors, policy, now, params.get("default_type") or "")
+    result = plan.to_dict()
+    result["commands_run"] = getattr(adapter, "commands_run", 0) - commands_before
+    result["now"] = format_time(now)
+    return result
