@@ -38,7 +38,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._batch_queue import PendingJob, jobs_from_data, read_pending
+from ansible_collections.batchvirt.farm.plugins.module_utils._batch_queue import (
+    PendingJob,
+    jobs_from_data,
+    read_pending,
+)
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time, parse_time, utcnow
 from ansible_collections.batchvirt.farm.plugins.module_utils._worker_type import (
@@ -358,12 +362,18 @@ def plan_demand(
     # 3. fills
     count = dict(serving)
 
+    # slots that drain still exist until they are gone: a type's maximum counts them
+    leaving = {t.name: draining.count(t.name) for t in types}
+
+    def room(name: str) -> bool:
+        return count[name] + leaving[name] < by_name[name].cap(capacity)
+
     def choose(previous: str, hv_type: str) -> Tuple[str, str]:
-        below_min = [t for t in types if count[t.name] < t.min_slots]
+        below_min = [t for t in types if count[t.name] < t.min_slots and room(t.name)]
         if below_min:
             wt = max(below_min, key=lambda t: (t.min_slots - count[t.name], -order[t.name]))
             return wt.name, f"{wt.name} has {count[wt.name]} slot(s), below its minimum of {wt.min_slots}"
-        short = [t for t in types if count[t.name] < target[t.name]]
+        short = [t for t in types if count[t.name] < target[t.name] and room(t.name)]
         if short:
             wt = max(short, key=lambda t: ((target[t.name] - count[t.name]) / t.weight, -order[t.name]))
             return wt.name, (
@@ -371,11 +381,11 @@ def plan_demand(
                 f"({held[wt.name]} job(s) pending for {policy.hold_seconds:g} s or more, {busy[wt.name]} busy slot(s))"
             )
         for candidate, why in ((previous, "the type this place had"), (hv_type, "the hypervisor's default type")):
-            if candidate in by_name and count[candidate] < by_name[candidate].cap(capacity):
+            if candidate in by_name and room(candidate):
                 return candidate, f"no type is short: {why}"
-        roomy = [t for t in types if count[t.name] < t.cap(capacity)]
+        roomy = [t for t in types if room(t.name)]
         if roomy:
-            wt = max(roomy, key=lambda t: (t.cap(capacity) - count[t.name], -order[t.name]))
+            wt = max(roomy, key=lambda t: (t.cap(capacity) - count[t.name] - leaving[t.name], -order[t.name]))
             return wt.name, "no type is short: the type with the most room below its maximum"
         return "", "every type is at its maximum"
 
