@@ -118,7 +118,7 @@ def trace(seed: int, capacity: int) -> List[Tuple[float, str, float]]:
         shares = shares_at(t)
         for kind, share in zip("ABC", shares):
             n = int(rng.gauss(per_tick * share, (per_tick * share) ** 0.5) + 0.5)
-            for _ in range(max(0, n)):
+            for _job in range(max(0, n)):
                 jobs.append((t + rng.uniform(0, TICK), kind, rng.uniform(*RUNTIME)))
         t += TICK
     jobs.sort()
@@ -140,7 +140,7 @@ def simulate(policy: Policy, hvs: int, places: int, seed: int) -> Dict[str, floa
 
     # start: every place full with its hypervisor's default type, ages spread over a lifetime
     for hv in hypervisors:
-        for _ in range(places):
+        for _place in range(places):
             s = new_slot(hv.name, hv.default_type, 0.0)
             age = rng.uniform(0, LIFETIME - SPREAD)
             s.created, s.serving_at, s.drain_at = -age - BOOT, -age, s.drain_at - age - BOOT

@@ -354,7 +354,7 @@ def plan_demand(
             if slot.jobs is None or slot.jobs > 0:
                 busy[kind] += 1
     for name in sorted(hv_places):
-        for _ in range(max(0, hv_places[name] - on_hv.get(name, 0))):
+        for _place in range(max(0, hv_places[name] - on_hv.get(name, 0))):
             fillable.append(("", name, hv_default[name]))
     need = {t.name: busy[t.name] + math.ceil(cores[t.name] / t.vcpus) for t in types}
     target, slack = fair_targets(types, need, capacity)

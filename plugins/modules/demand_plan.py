@@ -35,7 +35,7 @@ attributes:
     support: none
   idempotent:
     support: full
-    details: It only reads; RV(changed) is always false.
+    details: It only reads; C(changed) is always false.
 options:
   worker_types:
     description:
@@ -202,8 +202,18 @@ targets:
   returned: success
   type: dict
   sample:
-    el9: {target: 6, serving: 8, busy: 5, after_plan: 8, need: 5, pending_jobs: 0, pending_cores: 0,
-          young_jobs: 0, min_slots: 4, max_slots: null, weight: 1.0}
+    el9:
+      target: 6
+      serving: 8
+      busy: 5
+      after_plan: 8
+      need: 5
+      pending_jobs: 0
+      pending_cores: 0
+      young_jobs: 0
+      min_slots: 4
+      max_slots: null
+      weight: 1.0
 drain:
   description: Idle slots to drain for re-typing, with their type, the type they make room for (C(for)) and why.
   returned: success
@@ -212,8 +222,8 @@ drain:
   sample: [{slot: slot-hv01-03, hypervisor: hv01, type: el9, for: el8, reason: "idle for re-typing: ..."}]
 fill:
   description:
-    - Places to fill: C(slot) names a drained, expired or stopped slot to re-create, or is empty for an
-      empty place on C(hypervisor); C(type) is the type to create, C(previous_type) the place's type.
+    - The places to fill. C(slot) names a drained, expired or stopped slot to re-create, or is empty for
+      an empty place on C(hypervisor); C(type) is the type to create, C(previous_type) the place's type.
   returned: success
   type: list
   elements: dict

@@ -246,7 +246,7 @@ def scenarios(draw):  # type: ignore[no-untyped-def]
     ntypes = draw(st.integers(1, 3))
     names = ["A", "B", "C"][:ntypes]
     nhv = draw(st.integers(1, 4))
-    places = [draw(st.integers(0, 6)) for _ in range(nhv)]
+    places = [draw(st.integers(0, 6)) for _hv in range(nhv)]
     capacity = sum(places)
     types = []
     budget = capacity
@@ -377,7 +377,7 @@ def test_steady_queue_converges_to_no_change(scenario):  # type: ignore[no-untyp
     types, queue, slots, hvs, policy = scenario
     policy = Policy(max(1, policy.max_retypes_per_run), policy.hold_seconds, policy.min_slot_age_seconds)
     rounds = 2 + sum(h.places for h in hvs)
-    for _ in range(rounds):
+    for _round in range(rounds):
         plan = plan_demand(types, queue, slots, hvs, policy, NOW)
         if not plan.changes:
             break
