@@ -392,3 +392,43 @@ def test_plan_is_pure():
     slots = farm("A0 A0 A1 Ad")
     first = run([A, B], queue, slots, {"hv1": 6}).to_dict()
     assert run([A, B], list(reversed(queue)), slots, {"hv1": 6}).to_dict() == first
+
+
+def test_the_worked_example_of_docs_demand_md():
+    from ansible_collections.batchvirt.farm.plugins.module_utils._worker_type import parse_worker_types
+
+    types = parse_worker_types(
+        [
+            {"name": "el9", "image": "worker-el9", "vcpus": 2, "min_slots": 2, "weight": 2},
+            {"name": "el8", "image": "worker-el8", "vcpus": 2, "max_slots": 3},
+            {"name": "gpu", "image": "worker-gpu", "vcpus": 4},
+        ]
+    )
+
+    def ago(minutes: float) -> datetime.datetime:
+        return NOW - datetime.timedelta(minutes=minutes)
+
+    slots = [
+        FarmSlot("hv01-0", "hv01", "el9", "active", 1, ago(600)),
+        FarmSlot("hv01-1", "hv01", "el9", "active", 0, ago(500)),
+        FarmSlot("hv01-2", "hv01", "el9", "expiring", 0, ago(1400)),
+        FarmSlot("hv01-3", "hv01", "", "active", 0, ago(30)),
+        FarmSlot("hv02-0", "hv02", "el8", "active", 1, ago(300)),
+        FarmSlot("hv02-1", "hv02", "el8", "expired", 0, ago(1500)),
+        FarmSlot("hv02-2", "hv02", "el9", "active", 1, ago(200)),
+    ]
+    queue = [PendingJob(str(i), "el8", "", 2, ago(30)) for i in range(1, 7)] + [
+        PendingJob("7", "gpu", "", 4, ago(20)),
+        PendingJob("8", "gpu", "", 4, ago(3)),
+        PendingJob("9", "", "", 1, ago(40)),
+    ]
+    hvs = [Hypervisor("hv01", 4, "el9"), Hypervisor("hv02", 4, "el8")]
+    plan = plan_demand(types, queue, slots, hvs, Policy(), NOW).to_dict()
+    assert {k: v["target"] for k, v in plan["targets"].items()} == {"el9": 2, "el8": 3, "gpu": 1}
+    assert [(f["slot"], f["hypervisor"], f["type"]) for f in plan["fill"]] == [
+        ("hv02-1", "hv02", "el8"),
+        ("", "hv02", "el8"),
+    ]
+    assert [(d["slot"], d["type"], d["for"]) for d in plan["drain"]] == [("hv01-2", "el9", "gpu")]
+    assert plan["capacity"] == {"places": 8, "slots": 7, "fillable": 2, "draining": 0, "unassigned": 2}
+    assert plan["queue"] == {"pending": 9, "eligible": 9, "counted": 7, "young": 1, "untyped": 1, "unmatched": 0}
