@@ -28,6 +28,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._batch import (
     Runner,
     as_list,
 )
+from ansible_collections.batchvirt.farm.plugins.module_utils._batch_queue import CONDOR_Q_ARGS
 
 ATTRIBUTES = (
     "Name",
@@ -150,6 +151,10 @@ class HTCondorAdapter(BatchAdapter):
         if wanted:
             return {n: nodes.get(n) or NodeStatus(name=n, state=ABSENT) for n in wanted}
         return nodes
+
+    def pending_jobs_output(self) -> str:
+        """Every idle job as JSON ads, from ONE condor_q (parsed by ``_batch_queue``)."""
+        return self._run(["condor_q", *CONDOR_Q_ARGS], "condor_q")
 
     def _machine(self, node: str) -> str:
         return self._machines.get(node, node)

@@ -37,6 +37,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._batch import (
     Runner,
     as_list,
 )
+from ansible_collections.batchvirt.farm.plugins.module_utils._batch_queue import SQUEUE_PENDING_ARGS
 from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import tail
 
 # Job states that hold a node (a drain waits for them).
@@ -491,6 +492,10 @@ class SlurmAdapter(BatchAdapter):
         if wanted:
             return {n: selected.get(n) or NodeStatus(name=n, state=ABSENT) for n in wanted}
         return selected
+
+    def pending_jobs_output(self) -> str:
+        """Every pending job, one line each, from ONE squeue (parsed by ``_batch_queue``)."""
+        return self._check(["squeue", *SQUEUE_PENDING_ARGS], "reading the pending jobs")
 
     def controller_log(self) -> str:
         """The SlurmctldLogFile of the configuration (``scontrol show config``), or ''."""

@@ -63,9 +63,7 @@ CASES = [
 CRASHED = {"crashed-domain-is-failed", "crashed-domain-past-deadline-is-expired"}
 
 
-@pytest.mark.parametrize(
-    ("name", "times", "now", "running", "batch", "expected"), CASES, ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("name", "times", "now", "running", "batch", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_lifecycle_table(name, times, now, running, batch, expected):
     assert lc.compute_lifecycle(times, now, running, batch, domain_error=name in CRASHED) == expected
 
