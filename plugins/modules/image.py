@@ -249,7 +249,7 @@ kept:
   elements: dict
 """
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import (  # noqa: E402 - after the docs, as Ansible modules do
+from ansible_collections.batchvirt.farm.plugins.module_utils._image_module import (  # noqa: E402 - after the docs, as Ansible modules do
     IMAGE_ARGUMENT_SPEC,
     ImageCacheError,
     ImageInUse,
