@@ -169,11 +169,11 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import (
     read_farm,
     slot_state,
     state_name,
-    version_key,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import HAS_LIBVIRT
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import ENABLED_STATES, STATES, BatchView
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import format_time
+from ansible_collections.batchvirt.farm.plugins.module_utils._version import version_key
 
 # Strings read from hypervisors are data, never templates.  A string made only of these
 # characters cannot hold a template (no Jinja delimiter, no ``#jinja2:`` header, whatever the

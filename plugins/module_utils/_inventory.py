@@ -13,7 +13,6 @@ docs/performance/inventory.md).
 from __future__ import annotations
 
 import datetime
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -201,18 +200,6 @@ def read_farm(
 
 
 # -- from records to inventory data --------------------------------------------------------
-
-_VERSION_PART = re.compile(r"(\d+)")
-
-
-def version_key(version: str) -> Tuple[Tuple[int, Any], ...]:
-    """A natural sort key: ``1.10`` after ``1.9``, ``2026.11.2`` after ``2026.11.1``."""
-    parts: List[Tuple[int, Any]] = []
-    for piece in _VERSION_PART.split(version):
-        if not piece:
-            continue
-        parts.append((1, int(piece)) if piece.isdigit() else (0, piece))
-    return tuple(parts)
 
 
 def slot_times(slot: Dict[str, Any]) -> LifecycleTimes:

@@ -22,6 +22,7 @@ from ansible.utils.plugin_docs import get_docstring
 from ansible_collections.batchvirt.farm.plugins.inventory import slots as slots_plugin
 from ansible_collections.batchvirt.farm.plugins.module_utils import _inventory
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import STATES, BatchView
+from ansible_collections.batchvirt.farm.plugins.module_utils._version import version_key
 from tests.integration.inventory.farm_xml import EPOCH, HOUR, slot, write_test_node
 
 NOW = EPOCH + 12 * HOUR  # 2026-11-21T12:00:00Z
@@ -297,7 +298,7 @@ def test_hypervisor_and_image_groups_and_outdated():
 
 def test_version_key_is_natural():
     versions = ["1.10", "1.9", "1.9.1", "2026.01.5", "1.0-rc1"]
-    assert sorted(versions, key=_inventory.version_key) == ["1.0-rc1", "1.9", "1.9.1", "1.10", "2026.01.5"]
+    assert sorted(versions, key=version_key) == ["1.0-rc1", "1.9", "1.9.1", "1.10", "2026.01.5"]
 
 
 def test_foreign_domains_only_when_asked():
