@@ -240,7 +240,8 @@ def _absent(cache: ImageCache, identifier: str, params: Dict[str, Any], check_mo
 
 def _prune(cache: ImageCache, params: Dict[str, Any], check_mode: bool, conn: Any) -> Dict[str, Any]:
     result = prune(cache, params["force"], params["lock_timeout"], check_mode)
-    refresh = result.pop("markers_changed") or (result["expired"] and not check_mode)
+    # a kept image is withdrawn and in use: refresh so libvirt lists its marker for the inventory
+    refresh = result.pop("markers_changed") or (not check_mode and bool(result["expired"] or result["kept"]))
     warnings: List[str] = result["warnings"]
     if refresh and params["refresh_pool"]:
         warning = refresh_pool(conn, cache.pool)
