@@ -20,11 +20,18 @@ from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache, withdrawn_marker
 from ansible_collections.batchvirt.farm.plugins.modules import slot as slot_module
-from tests.integration.images.test_images_prestage import HERE, INVENTORY, site  # noqa: F401 - fixture
+from tests.integration.images import test_images_prestage as prestage_tests
 from tests.integration.inventory.conftest import run_inventory
-from tests.integration.slots.conftest import guest, register_slot, slots_pool  # noqa: F401 - fixtures
+from tests.integration.slots import conftest as slot_fixtures
 from tests.integration.slots.tinyguest import make_base
 from tests.testbed.ansible import run_playbook
+
+# fixtures shared with the prestage and slot tests
+site = prestage_tests.site
+guest = slot_fixtures.guest
+slots_pool = slot_fixtures.slots_pool
+register_slot = slot_fixtures.register_slot
+HERE, INVENTORY = prestage_tests.HERE, prestage_tests.INVENTORY
 
 # two subscribed lists, as a site with a base-image list and a worker-image list: A endorses
 # worker 1, B endorses worker 2 (one list names an image once, so two versions need two lists)
