@@ -20,8 +20,13 @@ description:
   - Groups C(farm_lifecycle_<state>) exist for every lifecycle state, even when empty; further groups
     are C(farm_hypervisor_<name>), C(farm_image_<identifier>), C(farm_image_<identifier>_<version>),
     C(farm_image_outdated) (the slot runs an older version of its image than the newest one any slot
-    of the same hypervisor runs) and, with O(include_foreign), C(farm_foreign). Names are sanitised
-    (every character but letters, digits and C(_) becomes C(_)).
+    of the same hypervisor runs), C(farm_image_withdrawn) (the slot runs an image version that the
+    image lists its hypervisor subscribes to withdrew, or whose entry expired; it is never deployed
+    again, and a rolling update can target these slots at once) and, with O(include_foreign),
+    C(farm_foreign). Names are sanitised (every character but letters, digits and C(_) becomes C(_)).
+  - Each slot also gets C(farm_image_withdrawn) (true or false). The image cache of a hypervisor marks
+    a withdrawn, still staged image with a volume C(<identifier>_<version>.withdrawn) in its pool
+    (O(image_pool)); the plugin lists that pool once per hypervisor.
   - The group C(all) gets C(farm_unreachable_hypervisors), a list of C(name), C(uri), C(error) for every
     hypervisor that could not be read (empty when all answered), and C(farm_inventory_time).
   - Slots of the whole farm that share a static address are reported in a warning, put in the group
@@ -62,12 +67,20 @@ options:
         Ansible reads in alphabetical order), as a hypervisor.
       - Its URI comes from O(uri_template); its name is its inventory host name; C(ansible_host),
         C(ansible_user) and C(ansible_port) of the host are used to reach it with SSH.
+      - The host's variables include the variables of its groups (host variables win), as
+        P(ansible.builtin.constructed#inventory) sees them.
     type: str
   uri_template:
     description:
       - The libvirt URI of each host of O(hypervisor_group), a template over that host's variables.
     type: str
     default: "qemu+ssh://root@{{ ansible_host | default(inventory_hostname) }}/system"
+  image_pool:
+    description:
+      - The libvirt storage pool of the hypervisors' image cache (the role C(image_cache)'s
+        C(farm_image_cache_pool)), where withdrawn images are marked; V("") does not look.
+    type: str
+    default: batchvirt-images
   connect_concurrency:
     description: How many hypervisors are read at the same time.
     type: int
@@ -161,7 +174,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from ansible.errors import AnsibleError, AnsibleParserError
+from ansible.inventory.helpers import get_group_vars
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.utils.vars import combine_vars
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import (
     DomainRecord,
@@ -169,14 +184,15 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import (
     batch_view_from_json,
     batch_view_to_json,
     farm_now,
+    image_volume_stem,
     read_farm,
     slot_state,
     state_name,
-    version_key,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import HAS_LIBVIRT
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import ENABLED_STATES, STATES, BatchView
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import format_time
+from ansible_collections.batchvirt.farm.plugins.module_utils._version import version_key
 
 # Strings read from hypervisors are data, never templates.  A string made only of these
 # characters cannot hold a template (no Jinja delimiter, no ``#jinja2:`` header, whatever the
@@ -218,7 +234,7 @@ except ImportError:  # ansible-core < 2.19: every string is a template unless wr
         return value
 
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: hypervisors carry "withdrawn"
 _SUFFIXES = (".farm.slots.yml", ".farm.slots.yaml")
 _BASENAMES = ("farm_slots.yml", "farm_slots.yaml")
 _HYPERVISOR_KEYS = frozenset(("uri", "name", "ssh_host", "ssh_user", "ssh_port"))
@@ -319,6 +335,18 @@ def make_hypervisor(
     )
 
 
+def _newest_versions(read: HypervisorRead) -> Dict[str, str]:
+    """The newest version of each image that a slot of this hypervisor runs (the one version order)."""
+    newest: Dict[str, str] = {}
+    for dom in read.domains:
+        if dom.slot is not None:
+            image = dom.slot["image"]
+            current = newest.get(image["identifier"])
+            if current is None or version_key(image["version"]) > version_key(current):
+                newest[image["identifier"]] = image["version"]
+    return newest
+
+
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     NAME = "batchvirt.farm.slots"
 
@@ -364,7 +392,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         template = _trusted(self.get_option("uri_template"))
         result = []
         for host in self.inventory.groups[group].get_hosts():
-            variables = host.get_vars()
+            # as ansible.builtin.constructed: the host's groups' variables, then its own
+            variables = combine_vars(get_group_vars(host.get_groups()), host.get_vars())
             self.templar.available_variables = variables
             try:
                 uri = str(self.templar.template(template))
@@ -401,14 +430,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             return False, None
         return True, data
 
-    def update_cached_result(self, path: str, cache: bool, result: Any) -> None:
-        """Store a fresh result; a result that came from the cache is not written back (no TTL reset)."""
-        if not self.get_option("cache"):
+    def update_cached_result(self, path: str, hit: bool, result: Any) -> None:
+        """Store a fresh result; a result that came from the cache is not written back (no TTL reset).
+
+        A fresh result always replaces what the cache held: an entry of an old format (or a
+        broken one) is never a hit, so it must be overwritten, not kept to be refetched for ever."""
+        if not self.get_option("cache") or hit:
             return
-        key = self.get_cache_key(path)
-        if cache and key in self._cache:
-            return
-        self._cache[key] = result
+        self._cache[self.get_cache_key(path)] = result
 
     # -- fetching -------------------------------------------------------------------------
     def _fetch(self, hypervisors: List[Hypervisor]) -> Dict[str, Any]:
@@ -422,6 +451,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             concurrency=self.get_option("connect_concurrency"),
             timeout=float(self.get_option("timeout")),
             include_foreign=self.get_option("include_foreign"),
+            image_pool=self.get_option("image_pool") or "",
         )
         data: Dict[str, Any] = {
             "format": CACHE_FORMAT,
@@ -477,7 +507,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if not hit:
             data = self._fetch(hypervisors)
             self._check_errors(data)
-        self.update_cached_result(path, cache, data)
+        self.update_cached_result(path, hit, data)
         self._populate(data, hypervisors, now)
 
     def _check_errors(self, data: Dict[str, Any]) -> None:
@@ -518,6 +548,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         for state in STATES:
             inventory.add_group("farm_lifecycle_" + state)
         inventory.add_group("farm_image_outdated")
+        inventory.add_group("farm_image_withdrawn")
         if include_foreign:
             inventory.add_group("farm_foreign")
 
@@ -532,13 +563,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 self.display.warning(f"batchvirt.farm.slots: hypervisor {hv.name} left out: {read.error}")
                 unreachable.append({"name": hv.name, "uri": hv.uri, "error": read.error})
                 continue
-            newest: Dict[str, str] = {}
-            for dom in read.domains:
-                if dom.slot is not None:
-                    image = dom.slot["image"]
-                    current = newest.get(image["identifier"])
-                    if current is None or version_key(image["version"]) > version_key(current):
-                        newest[image["identifier"]] = image["version"]
+            newest = _newest_versions(read)
+            withdrawn = set(read.withdrawn)
             for dom in read.domains:
                 if dom.error:
                     self.display.warning(
@@ -558,28 +584,18 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 address = ((dom.slot or {}).get("network") or {}).get("address") or ""
                 if address:
                     by_address.setdefault(address.split("/", 1)[0], []).append(name)
-                variables = host_data(
-                    self._host_vars(dom, hv, now, batch, batch_known, state_kwargs, loopback_jump), memo
-                )
+                variables = self._host_vars(dom, hv, now, batch, batch_known, state_kwargs, loopback_jump)
+                if dom.slot is not None:
+                    image = dom.slot["image"]
+                    variables["farm_image_withdrawn"] = (
+                        image_volume_stem(image["identifier"], image["version"]) in withdrawn
+                    )
+                variables = host_data(variables, memo)
                 inventory.add_host(name, group=hv_group)
                 host = inventory.get_host(name)
                 for key, value in variables.items():
                     host.set_variable(key, value)
-                if dom.slot is None:
-                    inventory.add_child("farm_foreign", name)
-                elif (dom.slot.get("extra") or {}).get("purpose") == "golden":
-                    # a golden node is configured and snapshotted, never drained or recycled
-                    inventory.add_child(inventory.add_group("farm_golden"), name)
-                else:
-                    inventory.add_child("farm_lifecycle_" + variables["farm_lifecycle"], name)
-                    image = dom.slot["image"]
-                    ident = safe_group(image["identifier"])
-                    inventory.add_child(inventory.add_group("farm_image_" + ident), name)
-                    inventory.add_child(
-                        inventory.add_group("farm_image_" + ident + "_" + safe_group(image["version"])), name
-                    )
-                    if image["version"] != newest[image["identifier"]]:
-                        inventory.add_child("farm_image_outdated", name)
+                self._add_slot_groups(name, dom, variables, newest)
                 if constructed:
                     self._set_composite_vars(compose, variables, name, strict=strict)
                     self._add_host_to_composed_groups(groups, variables, name, strict=strict)
@@ -594,6 +610,26 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         inventory.set_variable("all", "farm_address_conflicts", host_data(conflicts))
         inventory.set_variable("all", "farm_unreachable_hypervisors", host_data(unreachable))
         inventory.set_variable("all", "farm_inventory_time", format_time(now))
+
+    def _add_slot_groups(self, name: str, dom: DomainRecord, variables: Dict[str, Any], newest: Dict[str, str]) -> None:
+        """The lifecycle, image, outdated and withdrawn groups of one host (a golden node and a
+        foreign domain get only their own group: they are never drained or recycled)."""
+        inventory = self.inventory
+        if dom.slot is None:
+            inventory.add_child("farm_foreign", name)
+            return
+        if (dom.slot.get("extra") or {}).get("purpose") == "golden":
+            inventory.add_child(inventory.add_group("farm_golden"), name)
+            return
+        inventory.add_child("farm_lifecycle_" + variables["farm_lifecycle"], name)
+        image = dom.slot["image"]
+        ident = safe_group(image["identifier"])
+        inventory.add_child(inventory.add_group("farm_image_" + ident), name)
+        inventory.add_child(inventory.add_group("farm_image_" + ident + "_" + safe_group(image["version"])), name)
+        if image["version"] != newest[image["identifier"]]:
+            inventory.add_child("farm_image_outdated", name)
+        if variables.get("farm_image_withdrawn"):
+            inventory.add_child("farm_image_withdrawn", name)
 
     def _host_vars(
         self,

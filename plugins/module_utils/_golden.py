@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file
+from ansible_collections.batchvirt.farm.plugins.module_utils._version import sort_versions
 
 _VERSION_RE = re.compile(r"^(\d{8})\.(\d+)$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -60,10 +61,6 @@ def check_identifier(identifier: str) -> str:
     return identifier
 
 
-def version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("."))
-
-
 def next_version(existing: List[str], today: datetime.date) -> str:
     """``YYYYMMDD.N``: the first free serial of today (dotted numeric, so it compares as a number)."""
     stamp = today.strftime("%Y%m%d")
@@ -82,7 +79,7 @@ def versions_in(directory: str, identifier: str) -> List[str]:
             version = entry[len(prefix) : -len(".json")]
             if _VERSION_RE.match(version):
                 found.append(version)
-    return sorted(found, key=version_key)
+    return sort_versions(found)
 
 
 def disk_source(domain_xml: str, target: Optional[str] = None) -> str:

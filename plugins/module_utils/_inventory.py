@@ -13,13 +13,13 @@ docs/performance/inventory.md).
 from __future__ import annotations
 
 import datetime
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._image_selection import WITHDRAWN_SUFFIX
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
     DOMAIN_STATE_NAMES,
     FarmLibvirtError,
@@ -93,6 +93,7 @@ class HypervisorRead:
     domains: List[DomainRecord] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
+    withdrawn: List[str] = field(default_factory=list)  # "<identifier>_<version>" of withdrawn images
 
     def to_json(self) -> Dict[str, Any]:
         return {
@@ -101,6 +102,7 @@ class HypervisorRead:
             "domains": [d.to_json() for d in self.domains],
             "error": self.error,
             "seconds": self.seconds,
+            "withdrawn": list(self.withdrawn),
         }
 
     @classmethod
@@ -111,6 +113,7 @@ class HypervisorRead:
             [DomainRecord.from_json(d) for d in data.get("domains", [])],
             data.get("error", ""),
             float(data.get("seconds", 0.0)),
+            [str(w) for w in data.get("withdrawn", [])],
         )
 
 
@@ -141,14 +144,35 @@ def read_domains(conn: Any, include_foreign: bool = False) -> List[DomainRecord]
     return records
 
 
-def read_hypervisor(name: str, uri: str, include_foreign: bool = False) -> HypervisorRead:
-    """Open ``uri`` read-only, read its domains, close; errors land in ``.error``."""
+def read_withdrawn(conn: Any, pool: str) -> List[str]:
+    """``<identifier>_<version>`` of every image the image cache of this hypervisor marks as
+    withdrawn (a marker volume ``<identifier>_<version>.withdrawn`` in its pool, see
+    ``_image_selection``): two round trips per hypervisor. A hypervisor without that pool (or
+    with the pool stopped) has none."""
+    if not pool:
+        return []
+    try:
+        names = [vol.name() for vol in conn.storagePoolLookupByName(pool).listAllVolumes(0)]
+    except Exception:  # no such pool, pool inactive: no image cache here
+        return []
+    return sorted(n[: -len(WITHDRAWN_SUFFIX)] for n in names if n.endswith(WITHDRAWN_SUFFIX))
+
+
+def image_volume_stem(identifier: str, version: str) -> str:
+    """How the image cache names an image version's files (without the format suffix)."""
+    return f"{identifier}_{version}"
+
+
+def read_hypervisor(name: str, uri: str, include_foreign: bool = False, image_pool: str = "") -> HypervisorRead:
+    """Open ``uri`` read-only, read its domains (and withdrawn images of ``image_pool``), close;
+    errors land in ``.error``."""
     started = time.monotonic()
     result = HypervisorRead(name, uri)
     conn = None
     try:
         conn = connect(uri, readonly=True)
         result.domains = read_domains(conn, include_foreign)
+        result.withdrawn = read_withdrawn(conn, image_pool)
     except FarmLibvirtError as exc:
         result.error = str(exc)
     except Exception as exc:  # libvirt errors while listing, anything unexpected
@@ -164,7 +188,9 @@ def read_hypervisor(name: str, uri: str, include_foreign: bool = False) -> Hyper
     return result
 
 
-def read_hypervisor_with_timeout(name: str, uri: str, timeout: float, include_foreign: bool = False) -> HypervisorRead:
+def read_hypervisor_with_timeout(
+    name: str, uri: str, timeout: float, include_foreign: bool = False, image_pool: str = ""
+) -> HypervisorRead:
     """:func:`read_hypervisor` in its own thread, abandoned after ``timeout`` seconds.
 
     libvirt's open can hang (a black-holed TCP connect, an SSH prompt): the reading thread
@@ -172,7 +198,7 @@ def read_hypervisor_with_timeout(name: str, uri: str, timeout: float, include_fo
     """
     box: List[HypervisorRead] = []
     thread = threading.Thread(
-        target=lambda: box.append(read_hypervisor(name, uri, include_foreign)),
+        target=lambda: box.append(read_hypervisor(name, uri, include_foreign, image_pool)),
         name=f"farm-slots-{name}",
         daemon=True,
     )
@@ -190,29 +216,21 @@ def read_farm(
     concurrency: int = 20,
     timeout: float = 10.0,
     include_foreign: bool = False,
+    image_pool: str = "",
 ) -> List[HypervisorRead]:
     """Read every ``(name, uri)`` hypervisor with at most ``concurrency`` at once, in input order."""
     if not hypervisors:
         return []
     workers = max(1, min(concurrency, len(hypervisors)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="farm-slots") as pool:
-        futures = [pool.submit(read_hypervisor_with_timeout, n, u, timeout, include_foreign) for n, u in hypervisors]
+        futures = [
+            pool.submit(read_hypervisor_with_timeout, n, u, timeout, include_foreign, image_pool)
+            for n, u in hypervisors
+        ]
         return [f.result() for f in futures]
 
 
 # -- from records to inventory data --------------------------------------------------------
-
-_VERSION_PART = re.compile(r"(\d+)")
-
-
-def version_key(version: str) -> Tuple[Tuple[int, Any], ...]:
-    """A natural sort key: ``1.10`` after ``1.9``, ``2026.11.2`` after ``2026.11.1``."""
-    parts: List[Tuple[int, Any]] = []
-    for piece in _VERSION_PART.split(version):
-        if not piece:
-            continue
-        parts.append((1, int(piece)) if piece.isdigit() else (0, piece))
-    return tuple(parts)
 
 
 def slot_times(slot: Dict[str, Any]) -> LifecycleTimes:

@@ -52,8 +52,11 @@ options:
   version:
     description:
       - The image's C(hv:version).
-      - V(latest) takes the highest version a subscribed list endorses (natural order, V(1.10) after
-        V(1.9)). With O(source), and with O(state=absent), give an explicit version.
+      - V(latest) takes the highest version a currently accepted list endorses (entry not expired), or
+        one staged explicitly without a list, in the collection's one version order (V(1.10) after
+        V(1.9)). A withdrawn or expired version is never selected, also not by an explicit version
+        without O(source); the task fails saying nothing is endorsed.
+      - With O(source), and with O(state=absent), give an explicit version.
     type: str
     default: latest
   state:
@@ -249,7 +252,7 @@ kept:
   elements: dict
 """
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import (  # noqa: E402 - after the docs, as Ansible modules do
+from ansible_collections.batchvirt.farm.plugins.module_utils._image_module import (  # noqa: E402 - after the docs, as Ansible modules do
     IMAGE_ARGUMENT_SPEC,
     ImageCacheError,
     ImageInUse,

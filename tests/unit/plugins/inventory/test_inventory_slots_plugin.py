@@ -22,6 +22,7 @@ from ansible.utils.plugin_docs import get_docstring
 from ansible_collections.batchvirt.farm.plugins.inventory import slots as slots_plugin
 from ansible_collections.batchvirt.farm.plugins.module_utils import _inventory
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import STATES, BatchView
+from ansible_collections.batchvirt.farm.plugins.module_utils._version import version_key
 from tests.integration.inventory.farm_xml import EPOCH, HOUR, slot, write_test_node
 
 NOW = EPOCH + 12 * HOUR  # 2026-11-21T12:00:00Z
@@ -297,7 +298,7 @@ def test_hypervisor_and_image_groups_and_outdated():
 
 def test_version_key_is_natural():
     versions = ["1.10", "1.9", "1.9.1", "2026.01.5", "1.0-rc1"]
-    assert sorted(versions, key=_inventory.version_key) == ["1.0-rc1", "1.9", "1.9.1", "1.10", "2026.01.5"]
+    assert sorted(versions, key=version_key) == ["1.0-rc1", "1.9", "1.9.1", "1.10", "2026.01.5"]
 
 
 def test_foreign_domains_only_when_asked():
@@ -573,3 +574,102 @@ def test_real_slurm_adapter_failure_is_a_warning(tmp_path):
     data = plugin._fetch(plugin._hypervisors())
     assert data["batch"] is None
     assert data["batch_error"].startswith("batch: the slurm query failed: ")
+
+
+# -- withdrawn images, old cache entries, group variables (issue 14) ------------------------------
+
+
+def _stem(rec):
+    image = rec["slot"]["image"]
+    return "%s_%s" % (image["identifier"], image["version"])
+
+
+def test_slots_on_a_withdrawn_image_are_grouped_and_flagged():
+    old, new, golden = record("old", version="2026.11.1"), record("new", version="2026.11.2"), record("g")
+    golden["slot"]["extra"] = {"purpose": "golden"}
+    data = farm_data(("hv1", "test:///x/hv1.xml", [old, new, golden], ""))
+    data["hypervisors"][0]["withdrawn"] = [_stem(old)]
+    inv = populate(make_plugin(), data)
+    assert group_hosts(inv, "farm_image_withdrawn") == ["old"], "a golden node is never rolled"
+    assert inv.get_host("old").vars["farm_image_withdrawn"] is True
+    assert inv.get_host("new").vars["farm_image_withdrawn"] is False
+    assert inv.get_host("g").vars["farm_image_withdrawn"] is True
+    # the group exists (empty) when nothing is withdrawn, so a play can always target it
+    inv = populate(make_plugin(), farm_data(("hv1", "test:///x/hv1.xml", [record("s1")], "")))
+    assert group_hosts(inv, "farm_image_withdrawn") == []
+
+
+def test_withdrawn_markers_are_read_from_the_image_pool(tmp_path):
+    """A real libvirt (test driver) pool holding the cache's marker volume."""
+    s1, s2 = slot("s1", "hv1", version="2026.11.1"), slot("s2", "hv1", version="2026.11.2")
+    uri = write_test_node(str(tmp_path / "hv1.xml"), [("s1", s1, True), ("s2", s2, True)])
+    marker = "%s_%s.withdrawn" % (s1.image_identifier, s1.image_version)
+    pool = (
+        "<pool type='dir'><name>batchvirt-images</name><uuid>35bb2ad9-388a-cdfe-461a-b8907f6e53fe</uuid>"
+        "<target><path>%s</path></target>"
+        "<volume type='file'><name>%s</name><capacity>0</capacity></volume>"
+        "<volume type='file'><name>%s_%s.qcow2</name><capacity>1024</capacity></volume></pool>"
+        % (tmp_path, marker, s1.image_identifier, s1.image_version)
+    )
+    text = (tmp_path / "hv1.xml").read_text().replace("</node>", pool + "</node>")
+    (tmp_path / "hv1.xml").write_text(text)
+    inv = _parse(_config(tmp_path, uri), cache=False)
+    assert group_hosts(inv, "farm_image_withdrawn") == ["s1"]
+    # another pool name: nothing is looked up there, nothing is withdrawn
+    inv = _parse(_config(tmp_path, uri, image_pool="other-pool"), cache=False)
+    assert group_hosts(inv, "farm_image_withdrawn") == []
+
+
+def _cache_entry(path):
+    """The plugin's data in a jsonfile cache entry (ansible-core 2.19 wraps it in ``__payload__``)."""
+    stored = json.loads(path.read_text())
+    return json.loads(stored["__payload__"]) if "__payload__" in stored else stored
+
+
+def _rewrite_cache_entry(path, **changes):
+    stored = json.loads(path.read_text())
+    data = _cache_entry(path)
+    data.update(changes)
+    if "__payload__" in stored:
+        stored["__payload__"] = json.dumps(data)
+    else:
+        stored = data
+    path.write_text(json.dumps(stored))
+
+
+def test_a_cache_entry_of_an_old_format_is_replaced(tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    uri = _farm_file(tmp_path, [("s1", slot("s1", "hv1"), True)])
+    path = _config(tmp_path, uri, cache=True, cache_plugin="jsonfile", cache_connection=str(cache_dir))
+    assert sorted(_parse(path, cache=True).hosts) == ["s1"]
+    (entry,) = list(cache_dir.iterdir())
+    _rewrite_cache_entry(entry, format=slots_plugin.CACHE_FORMAT - 1)  # as an older collection wrote it
+    fetches = []
+    real_fetch = slots_plugin.InventoryModule._fetch
+    monkeypatch.setattr(
+        slots_plugin.InventoryModule, "_fetch", lambda self, hvs: fetches.append(1) or real_fetch(self, hvs)
+    )
+    assert sorted(_parse(path, cache=True).hosts) == ["s1"]
+    assert _cache_entry(entry)["format"] == slots_plugin.CACHE_FORMAT, "the old entry must be replaced"
+    assert sorted(_parse(path, cache=True).hosts) == ["s1"]
+    assert fetches == [1], "after one refetch the cache answers again"
+
+
+def test_hypervisor_group_sees_group_variables_as_constructed_does():
+    plugin = make_plugin(hypervisor_group="hvs")
+    plugin.templar = _templar()
+    inv = plugin.inventory
+    inv.add_group("hvs")
+    inv.add_group("site_a")
+    inv.add_child("hvs", "site_a")
+    inv.set_variable("hvs", "ansible_user", "farm")
+    inv.set_variable("site_a", "ansible_port", 2222)
+    inv.add_host("hv01", group="site_a")
+    inv.set_variable("hv01", "ansible_host", "192.0.2.1")
+    inv.add_host("hv02", group="hvs")
+    inv.set_variable("hv02", "ansible_user", "admin")  # a host variable wins over its group's
+    hvs = plugin._hypervisors()
+    assert sorted((h.name, h.uri, h.ssh_host, h.ssh_user, h.ssh_port) for h in hvs) == [
+        ("hv01", "qemu+ssh://root@192.0.2.1/system", "192.0.2.1", "farm", 2222),
+        ("hv02", "qemu+ssh://root@hv02/system", "hv02", "admin", 0),
+    ]
