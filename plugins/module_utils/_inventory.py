@@ -45,6 +45,11 @@ except ImportError:  # pragma: no cover - reported by connect()
 
 # libvirt run states in which a domain counts as "not running" for the lifecycle.
 _STOPPED_STATES = frozenset((0, 5, 6))  # NOSTATE, SHUTOFF, CRASHED
+# What makes a slot "failed" on libvirt's word alone: CRASHED, or PAUSED for one of these
+# reasons (VIR_DOMAIN_PAUSED_IOERROR, _CRASHED, _POSTCOPY_FAILED).
+_CRASHED = 6
+_PAUSED = 3
+_PAUSED_ON_ERROR = frozenset((5, 9, 13))
 _STATE_NAMES = DOMAIN_STATE_NAMES
 
 
@@ -71,17 +76,28 @@ class DomainRecord:
     state: int
     slot: Optional[Dict[str, Any]] = None  # SlotMetadata.to_dict(), None for a foreign domain
     error: str = ""  # unreadable slot metadata
+    reason: int = 0  # libvirt's reason for ``state``
 
     @property
     def running(self) -> bool:
         return self.state not in _STOPPED_STATES
 
+    @property
+    def domain_error(self) -> bool:
+        """libvirt reports the domain crashed, or paused on an error (the lifecycle's ``failed``)."""
+        return self.state == _CRASHED or (self.state == _PAUSED and self.reason in _PAUSED_ON_ERROR)
+
     def to_json(self) -> Dict[str, Any]:
-        return {"domain": self.domain, "state": self.state, "slot": self.slot, "error": self.error}
+        data = {"domain": self.domain, "state": self.state, "slot": self.slot, "error": self.error}
+        if self.reason:
+            data["reason"] = self.reason
+        return data
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> DomainRecord:
-        return cls(data["domain"], int(data["state"]), data.get("slot"), data.get("error", ""))
+        return cls(
+            data["domain"], int(data["state"]), data.get("slot"), data.get("error", ""), int(data.get("reason", 0))
+        )
 
 
 @dataclass
@@ -126,10 +142,11 @@ def read_domains(conn: Any, include_foreign: bool = False) -> List[DomainRecord]
     records: List[DomainRecord] = []
     for dom, stats in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0):
         state = int(stats.get("state.state", 0))
+        reason = int(stats.get("state.reason", 0))
         try:
             meta = read_metadata(dom)  # one metadata() call; puts back the namespace libvirt strips
         except SlotMetadataError as exc:
-            records.append(DomainRecord(dom.name(), state, None, str(exc)))
+            records.append(DomainRecord(dom.name(), state, None, str(exc), reason))
             continue
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
@@ -137,10 +154,10 @@ def read_domains(conn: Any, include_foreign: bool = False) -> List[DomainRecord]
             raise
         if meta is None:
             if include_foreign:
-                records.append(DomainRecord(dom.name(), state))
+                records.append(DomainRecord(dom.name(), state, reason=reason))
             continue
         slot = meta.to_dict()
-        records.append(DomainRecord(dom.name(), state, slot))
+        records.append(DomainRecord(dom.name(), state, slot, reason=reason))
     return records
 
 
@@ -252,6 +269,7 @@ def slot_state(
     if record.slot is None:
         raise ValueError(f"domain {record.domain} is not a slot")
     times = slot_times(record.slot)
+    kwargs.setdefault("domain_error", record.domain_error)
     return compute_lifecycle(times, now, record.running, batch, **kwargs), seconds_to_drain(times, now)
 
 

@@ -95,7 +95,8 @@ def resolve_image(spec: Dict[str, Any]) -> ImageSource:
             if version == "latest":  # the newest ready version of the image on this hypervisor
                 record = cache.latest(identifier)
                 version = record.version if record is not None else version
-            else:
+            else:  # a pinned version, still only one that may be deployed (never a withdrawn one)
+                cache.resolve(identifier, version, staged=True)
                 record = cache.get(identifier, version)
         except ImageCacheError as exc:
             raise SlotError(f"image {identifier} {version}: {exc}", "image") from None

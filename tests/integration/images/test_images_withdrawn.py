@@ -164,6 +164,11 @@ def test_a_withdrawn_image_is_never_deployed_again(
     assert on_v2 not in inventory.hosts("farm_image_withdrawn")
     assert inventory.hostvars(on_v2)["farm_image_withdrawn"] is False
 
+    # pinning the withdrawn version by name does not get around the selection either
+    pinned = call_slot(capsys, guest, register_slot(testbed, testbed.name("wd-pin")), "2", root)
+    assert pinned.get("failed"), pinned
+    assert "withdrawn" in pinned["msg"], pinned["msg"]
+
     # nothing endorsed at all: a clear failure, never a fallback to the withdrawn v2
     with ImageCache(root) as cache, cache.lock(timeout=60):
         cache.record_list(LIST_A, "99", [])

@@ -4,7 +4,7 @@ tiny real QEMU domains, each carrying real slot metadata from ``_slot_metadata.t
 from __future__ import annotations
 
 import datetime
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple, Union
 from xml.sax.saxutils import escape
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import SlotMetadata, to_xml
@@ -48,10 +48,18 @@ def slot(
     )
 
 
-def test_domain_xml(name: str, meta: Optional[SlotMetadata], running: bool = True, uuid_seed: int = 0) -> str:
-    """A test-driver ``<domain>``; ``meta=None`` gives a foreign domain (no slot metadata)."""
+def test_domain_xml(
+    name: str, meta: Optional[SlotMetadata], running: Union[bool, int] = True, uuid_seed: int = 0
+) -> str:
+    """A test-driver ``<domain>``; ``meta=None`` gives a foreign domain (no slot metadata).
+
+    ``running``: true (running), false (shut off), or a libvirt run state number such as 6
+    (crashed)."""
     metadata = f"<metadata>{to_xml(meta)}</metadata>" if meta is not None else ""
-    runstate = "" if running else "<test:runstate>5</test:runstate>"
+    if running is True:
+        runstate = ""
+    else:
+        runstate = f"<test:runstate>{5 if running is False else int(running)}</test:runstate>"
     uuid = "%08x-0000-4000-8000-%012x" % (uuid_seed >> 48, uuid_seed & 0xFFFFFFFFFFFF)
     return (
         f"<domain type='test' xmlns:test='{TEST_NS}'><name>{escape(name)}</name><uuid>{uuid}</uuid>"
@@ -60,7 +68,9 @@ def test_domain_xml(name: str, meta: Optional[SlotMetadata], running: bool = Tru
     )
 
 
-def write_test_node(path: str, domains: Iterable[Tuple[str, Optional[SlotMetadata], bool]], seed: int = 0) -> str:
+def write_test_node(
+    path: str, domains: Iterable[Tuple[str, Optional[SlotMetadata], Union[bool, int]]], seed: int = 0
+) -> str:
     """Write a test-driver node file holding ``(name, metadata, running)`` domains; returns its URI."""
     parts: List[str] = ["<node>"]
     for i, (name, meta, running) in enumerate(domains):

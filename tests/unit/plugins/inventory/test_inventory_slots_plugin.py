@@ -673,3 +673,19 @@ def test_hypervisor_group_sees_group_variables_as_constructed_does():
         ("hv01", "qemu+ssh://root@192.0.2.1/system", "192.0.2.1", "farm", 2222),
         ("hv02", "qemu+ssh://root@hv02/system", "hv02", "admin", 0),
     ]
+
+
+def test_a_crashed_slot_is_failed_even_without_a_batch_view(tmp_path):
+    uri = _farm_file(
+        tmp_path,
+        [
+            ("crashed", slot("crashed", "hv1"), 6),
+            ("fine", slot("fine", "hv1"), True),
+            ("off", slot("off", "hv1"), False),
+        ],
+    )
+    plugin = make_plugin(hypervisors=[uri])
+    inv = populate(plugin, plugin._fetch(plugin._hypervisors()))
+    states = {h: inv.get_host(h).vars["farm_lifecycle"] for h in ("crashed", "fine", "off")}
+    assert states == {"crashed": "failed", "fine": "active", "off": "stopped"}
+    assert inv.get_host("crashed").vars["farm_enabled"] is False
