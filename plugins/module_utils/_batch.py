@@ -21,6 +21,7 @@ Commands run through a *runner*: a callable ``runner(argv) -> (rc, stdout, stder
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import shlex
 import subprocess
@@ -86,13 +87,16 @@ class NodeStatus:
     jobs: int = 0
     job_ids: List[str] = field(default_factory=list)
     dynamic: bool = False
+    since: Optional[datetime.datetime] = None  # when the node entered its state (Slurm's reason time)
 
     @property
     def known(self) -> bool:
         return self.state != ABSENT
 
     def view(self) -> BatchView:
-        return BatchView(registered=self.registered, drain=self.drain, jobs=self.jobs, state=self.state)
+        return BatchView(
+            registered=self.registered, drain=self.drain, jobs=self.jobs, state=self.state, state_since=self.since
+        )
 
     def as_dict(self) -> Dict[str, Any]:
         return {

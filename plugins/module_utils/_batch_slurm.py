@@ -13,6 +13,7 @@ one ``scontrol -o -F show node``.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -213,7 +214,14 @@ def classify(base: str, flags: Sequence[str], jobs: int = 0) -> Tuple[str, bool,
 
 
 def _status(
-    name: str, raw: str, flags: Iterable[str], reason: str, address: str, port: Any, features: str
+    name: str,
+    raw: str,
+    flags: Iterable[str],
+    reason: str,
+    address: str,
+    port: Any,
+    features: str,
+    since: Optional[datetime.datetime] = None,
 ) -> NodeStatus:
     base, fl = parse_state(raw, flags)
     state, registered, drain = classify(base, fl)
@@ -234,7 +242,37 @@ def _status(
         registered=registered,
         drain=drain,
         dynamic=any(f.startswith("DYNAMIC") for f in fl),
+        since=since,
     )
+
+
+def reason_time(reason: str) -> Optional[datetime.datetime]:
+    """The time in a Slurm reason's ``[user@2026-12-03T09:10:11]`` suffix, in UTC.
+
+    Slurm prints it in the controller's local time zone, which is this process's when the
+    query runs on the controller (as the adapter does). None when there is no such suffix.
+    """
+    match = _REASON_TIME.search(reason or "")
+    if not match:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()  # a naive time is local time
+    return parsed.astimezone(datetime.timezone.utc)
+
+
+def _epoch(value: Any) -> Optional[datetime.datetime]:
+    """``reason_changed_at`` of ``sinfo --json`` (seconds, or ``{"number": n, "set": true}``)."""
+    if isinstance(value, dict):
+        value = value.get("number") if value.get("set", True) else None
+    try:
+        seconds = int(value)
+    except (TypeError, ValueError):
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc) if seconds > 0 else None
 
 
 def _check_json_errors(data: Dict[str, Any]) -> List[str]:
@@ -271,12 +309,14 @@ def parse_sinfo_json(text: str) -> Dict[str, NodeStatus]:
             node.get("address") or "",
             node.get("port"),
             node.get("features") if isinstance(node.get("features"), str) else ",".join(node.get("features") or []),
+            _epoch(node.get("reason_changed_at")),
         )
     return nodes
 
 
 _KEY = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z_]*)=")
 _REASON_SUFFIX = re.compile(r"\s*\[[^\]@]*@[^\]]*\]\s*$")
+_REASON_TIME = re.compile(r"\[[^\]@]*@([^\]]*)\]\s*$")
 
 
 def parse_keyvalues(line: str) -> Dict[str, str]:
@@ -306,6 +346,7 @@ def parse_scontrol_nodes(text: str) -> Dict[str, NodeStatus]:
             kv.get("NodeAddr", ""),
             kv.get("Port"),
             kv.get("AvailableFeatures", ""),
+            reason_time(kv.get("Reason", "")),
         )
     return nodes
 

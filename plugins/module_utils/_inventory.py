@@ -37,6 +37,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata impo
     SlotMetadataError,
     parse_time,
 )
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time
 
 try:
     import libvirt
@@ -274,8 +275,18 @@ def slot_state(
 
 
 def batch_view_to_json(view: BatchView) -> Dict[str, Any]:
-    return {"registered": view.registered, "drain": view.drain, "jobs": view.jobs, "state": view.state}
+    data = {"registered": view.registered, "drain": view.drain, "jobs": view.jobs, "state": view.state}
+    if view.state_since is not None:
+        data["state_since"] = format_time(view.state_since)
+    return data
 
 
 def batch_view_from_json(data: Dict[str, Any]) -> BatchView:
-    return BatchView(bool(data["registered"]), bool(data.get("drain")), int(data.get("jobs", 0)), data.get("state", ""))
+    since = data.get("state_since")
+    return BatchView(
+        bool(data["registered"]),
+        bool(data.get("drain")),
+        int(data.get("jobs", 0)),
+        data.get("state", ""),
+        parse_time(since, "state_since") if since else None,
+    )

@@ -10,7 +10,7 @@ Modules, the inventory plugin and plays all call :func:`compute_lifecycle`.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 STOPPED = "stopped"
@@ -55,7 +55,7 @@ class BatchView:
     drain: bool = False
     jobs: int = 0
     state: str = ""
-    state_since: Optional[datetime.datetime] = None
+    state_since: Optional[datetime.datetime] = field(default=None, compare=False)
 
     @property
     def unhealthy(self) -> bool:

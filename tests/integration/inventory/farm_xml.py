@@ -56,10 +56,8 @@ def test_domain_xml(
     ``running``: true (running), false (shut off), or a libvirt run state number such as 6
     (crashed)."""
     metadata = f"<metadata>{to_xml(meta)}</metadata>" if meta is not None else ""
-    if running is True:
-        runstate = ""
-    else:
-        runstate = f"<test:runstate>{5 if running is False else int(running)}</test:runstate>"
+    state = 5 if running is False else int(running)
+    runstate = "" if running is True else f"<test:runstate>{state}</test:runstate>"
     uuid = "%08x-0000-4000-8000-%012x" % (uuid_seed >> 48, uuid_seed & 0xFFFFFFFFFFFF)
     return (
         f"<domain type='test' xmlns:test='{TEST_NS}'><name>{escape(name)}</name><uuid>{uuid}</uuid>"

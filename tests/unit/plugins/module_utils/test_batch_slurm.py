@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from typing import Dict, List, Sequence, Tuple
@@ -272,3 +273,23 @@ def test_auth_failures_hint_from_controller_log():
 def test_recorded_json_is_openapi_v0038():
     meta = json.loads(fixture("sinfo_mixed.json"))["meta"]
     assert meta["Slurm"]["release"] == "22.05.8"
+
+
+def test_a_down_nodes_reason_time_becomes_the_views_state_since():
+    line = (
+        "NodeName=w1 Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUTot=1 AvailableFeatures=typeA "
+        "NodeAddr=127.0.0.2 NodeHostName=w1 Port=16819 State=DOWN* ThreadsPerCore=1 "
+        "Reason=Not responding [slurm@2026-12-03T09:10:11]"
+    )
+    status = slurm.parse_scontrol_nodes(line)["w1"]
+    assert status.reason == "Not responding"
+    assert status.since is not None and status.since.tzinfo is not None
+    local = datetime.datetime(2026, 12, 3, 9, 10, 11).astimezone()
+    assert status.since == local.astimezone(datetime.timezone.utc)
+    view = status.view()
+    assert view.unhealthy and view.state_since == status.since
+
+
+def test_a_node_without_a_reason_has_no_state_since():
+    status = slurm.parse_scontrol_nodes("NodeName=w2 State=IDLE Reason=none")["w2"]
+    assert status.since is None and status.view().state_since is None
