@@ -79,7 +79,9 @@ def test_operation_holder(monkeypatch):
     monkeypatch.delenv("AWX_JOB_ID", raising=False)
     monkeypatch.delenv("TOWER_JOB_ID", raising=False)
     holder = filters.operation_holder("recycle")
-    assert holder["play"] == "recycle" and holder["awx_job_id"] == "" and holder["host"] and holder["pid"] == os.getpid()
+    assert (
+        holder["play"] == "recycle" and holder["awx_job_id"] == "" and holder["host"] and holder["pid"] == os.getpid()
+    )
     monkeypatch.setenv("JOB_ID", "4711")  # what AWX sets in the job's execution environment
     assert filters.operation_holder("recycle")["awx_job_id"] == "4711"
     assert filters.operation_holder("recycle", 42)["awx_job_id"] == "42"  # the awx_job_id extra var wins

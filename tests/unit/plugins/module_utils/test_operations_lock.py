@@ -32,6 +32,11 @@ def make(tmp_path, clock=None):
     return oplock.OperationsLock(str(tmp_path / "ops" / "operations.lock"), clock=clock or Clock())
 
 
+def _load(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
 HOLDER = {"play": "rolling_update", "awx_job_id": "42", "host": "awx-ee-1", "pid": 17}
 
 
@@ -39,7 +44,7 @@ def test_acquire_records_the_holder_and_expiry(tmp_path):
     lock = make(tmp_path)
     result = lock.try_acquire("rolling_update", 600, HOLDER)
     assert result.acquired and result.changed and result.taken_over is None
-    on_disk = json.loads(open(lock.path).read())
+    on_disk = _load(lock.path)
     assert on_disk == result.record
     assert on_disk["operation"] == "rolling_update" and on_disk["holder"] == HOLDER
     assert on_disk["acquired_at"] == "2026-12-03T08:00:00Z" and on_disk["expires_at"] == "2026-12-03T08:10:00Z"
@@ -55,7 +60,7 @@ def test_a_second_run_finds_the_farm_busy_and_is_told_who_holds_it(tmp_path):
     assert not second.acquired and not second.changed
     assert second.holder == first.record
     assert "held by rolling_update, AWX job 42, on awx-ee-1 pid 17, since 2026-12-03T08:00:00Z" in second.msg
-    assert json.loads(open(lock.path).read()) == first.record  # untouched
+    assert _load(lock.path) == first.record  # untouched
 
 
 def test_the_holder_renews_with_its_token(tmp_path):
@@ -196,7 +201,7 @@ def test_concurrent_acquirers_from_real_processes_exactly_one_wins(tmp_path):
             assert proc.exitcode == 0
         winners = [r for r in results if r[1]]
         assert len(winners) == 1, results
-        on_disk = json.loads(open(path).read())
+        on_disk = _load(path)
         # every loser was told the winner's token: nobody saw a half-written or overwritten record
         assert {r[2] for r in results} == {on_disk["token"]} and on_disk["operation"] == "op-%d" % winners[0][0]
 

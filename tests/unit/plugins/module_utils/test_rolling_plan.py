@@ -8,7 +8,6 @@ import pytest
 from ansible_collections.batchvirt.farm.plugins.module_utils import _rolling as rolling
 
 
-
 @pytest.mark.parametrize(
     ("accepting", "share", "targets", "size"),
     [
