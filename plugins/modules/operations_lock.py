@@ -13,13 +13,13 @@ description:
   - Lets one lifecycle play (rolling update, recycle, rebalance) work on the farm at a time.
   - The lock is a small JSON record in O(path) on the host this module runs on. Run it on ONE
     designated host that every run reaches (the collection's plays use the batch controller,
-    C(farm_ops_lock_host)): AWX runs each job in a fresh container, so a lock kept where the play
+    C(farm_ops_lock_host)), because AWX runs each job in a fresh container and a lock kept where the play
     runs would be seen by no other job.
   - Changes of the record are atomic between processes on that host (an exclusive C(flock) of
     O(path) with C(.guard) appended, and C(rename) of the record), so of two runs asking at once
     exactly one gets the lock.
   - The record names its holder (operation, AWX job id, host, pid, start) and expires after
-    O(ttl) seconds, so a crashed play does not block the farm for ever: once expired, the next run
+    O(ttl) seconds, so a crashed play does not block the farm for ever; once expired, the next run
     takes it over (and reports whose lock it took over).
 author:
   - batchvirt.farm contributors (@batchvirt)
@@ -62,7 +62,7 @@ options:
     default: {}
   token:
     description:
-      - The token an earlier O(state=acquired) returned (RV(token)): renews the lock, or releases it.
+      - The token an earlier O(state=acquired) returned (RV(token)), to renew the lock or to release it.
       - Empty with O(state=acquired) takes a new lock with a new token.
     type: str
     default: ""

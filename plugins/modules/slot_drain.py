@@ -14,7 +14,7 @@ description:
     V(rebalance) or V(operator)), the reason, the time, the run that asked (O(operation)) and until
     when that ownership holds (O(expires_at)), or clears the drain request again.
   - A slot whose drain is owned by a live rolling update or rebalance (another O(operation), O(expires_at)
-    not passed) is left alone: O(state=requested) does not claim it and reports the owner (or fails,
+    not passed) is left alone; O(state=requested) does not claim it and reports the owner (or fails,
     O(on_owned=fail)). The check reads the metadata from libvirt at the time of the task.
   - The batch system is not asked here; drain the node with M(batchvirt.farm.batch_node). The
     C(slot) module's O(batchvirt.farm.slot#module:state=draining) records a drain owned by V(operator).

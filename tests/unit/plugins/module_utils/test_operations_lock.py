@@ -186,7 +186,7 @@ def _contend(path, barrier, queue, index):
 def test_concurrent_acquirers_from_real_processes_exactly_one_wins(tmp_path):
     path = str(tmp_path / "operations.lock")
     ctx = multiprocessing.get_context("fork")
-    for _round in range(5):
+    for _attempt in range(5):
         if os.path.exists(path):
             os.unlink(path)
         count = 8
@@ -195,7 +195,7 @@ def test_concurrent_acquirers_from_real_processes_exactly_one_wins(tmp_path):
         procs = [ctx.Process(target=_contend, args=(path, barrier, queue, i)) for i in range(count)]
         for proc in procs:
             proc.start()
-        results = [queue.get(timeout=60) for _ in procs]
+        results = [queue.get(timeout=60) for _proc in procs]
         for proc in procs:
             proc.join(60)
             assert proc.exitcode == 0
