@@ -2,26 +2,28 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Private to batchvirt.farm: rolling update planning (capacity bound -> batch size, batches, floor).
 
-``playbooks/rolling_update.yml`` computes its ``serial`` with the same rule in Jinja (a play
-keyword cannot call Python); ``tests/unit/plugins/module_utils/test_rolling_plan.py`` renders the
-playbook's expression and checks it against :func:`batch_size` for a table of farms.
+``playbooks/rolling_update.yml`` gets its ``serial`` and its plan from here, through the filters
+``batchvirt.farm.rolling_batch_size`` and ``batchvirt.farm.rolling_plan`` (``plugins/filter/rolling.py``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 
 EPSILON = 1e-9
+SERIAL_VARIABLE = "farm_rolling_update_serial"
 
 
-class RollingPlanError(ValueError):
-    """A rolling update that cannot be planned; the message names the variable."""
+class RollingPlanError(FarmError):
+    """A rolling update that cannot be planned; ``option`` names the play variable."""
 
-    def __init__(self, message: str, variable: str = "") -> None:
-        super().__init__(message)
-        self.variable = variable
+    @property
+    def variable(self) -> str:
+        return self.option
 
 
 def check_share(min_capacity_share: float) -> float:
@@ -34,7 +36,26 @@ def check_share(min_capacity_share: float) -> float:
     return share
 
 
-def batch_size(accepting: int, min_capacity_share: float, targets: Optional[int] = None) -> int:
+def check_serial(serial: Any) -> Tuple[str, float]:
+    """``("", 0)`` for no request, ``("%", share)`` for a percentage, ``("n", count)`` for a count."""
+    text = "" if serial is None else str(serial).strip()
+    if not text:
+        return "", 0.0
+    percent = text.endswith("%")
+    number = text[:-1].strip() if percent else text
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0 or (not percent and value != int(value)):
+        raise RollingPlanError(
+            f"{SERIAL_VARIABLE} must be a count of slots (5) or a percentage of the targets (10%), got {serial!r}",
+            SERIAL_VARIABLE,
+        )
+    return ("%" if percent else "n"), value
+
+
+def batch_size(accepting: int, min_capacity_share: float, targets: Optional[int] = None, serial: Any = "") -> int:
     """How many slots one batch may take out of service at once.
 
     ``accepting`` slots take jobs now (``active`` + ``expiring``); at least
@@ -43,11 +64,19 @@ def batch_size(accepting: int, min_capacity_share: float, targets: Optional[int]
     updated: with two slots and a share of 0.75 the update goes one by one and capacity dips to
     0.5 — :func:`capacity_kept` tells), at most ``targets`` (the slots to update). 0 when there is
     nothing to update.
+
+    ``serial`` (``farm_rolling_update_serial``) asks for smaller batches: a count, or a percentage
+    of ``targets`` (rounded down, at least one); it never raises the batch above the bound.
     """
     share = check_share(min_capacity_share)
+    kind, asked = check_serial(serial)
     if targets is not None and targets <= 0:
         return 0
     size = max(1, int(math.floor(accepting * (1.0 - share) + EPSILON)))
+    if kind == "%":
+        size = min(size, max(1, int(math.floor(asked / 100.0 * (targets or 0) + EPSILON))))
+    elif kind == "n":
+        size = min(size, max(1, int(asked)))
     if targets is not None:
         size = min(size, targets)
     return size
@@ -89,8 +118,8 @@ class Plan:
         }
 
 
-def plan(targets: Sequence[str], accepting: int, min_capacity_share: float) -> Plan:
-    size = batch_size(accepting, min_capacity_share, len(targets))
+def plan(targets: Sequence[str], accepting: int, min_capacity_share: float, serial: Any = "") -> Plan:
+    size = batch_size(accepting, min_capacity_share, len(targets), serial)
     kept = capacity_kept(accepting, size) if targets else 1.0
     return Plan(
         accepting=accepting,

@@ -25,7 +25,13 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import parse_time as _timeutil_parse_time
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 2 adds who owns a drain (``<drain by= operation= until=>``). Metadata without a drain
+# owner is still written as schema 1, which every reader understands; metadata with an owner is
+# written as schema 2, which a reader of schema 1 refuses rather than ignore the ownership.
+BASE_SCHEMA_VERSION = 1
+# Who may ask for a drain (``drain_owner``); an empty owner is a drain recorded before schema 2.
+DRAIN_OWNERS = ("rolling_update", "recycle", "rebalance", "operator")
 NAMESPACE = "http://batchvirt.farm/xmlns/slot/1"
 PREFIX = "farm"  # the key libvirt stores the element under
 _NS = f"{{{NAMESPACE}}}"
@@ -65,6 +71,9 @@ class SlotMetadata:
     drain_requested: bool = False
     drain_reason: str = ""
     drain_requested_at: Optional[datetime.datetime] = None
+    drain_owner: str = ""
+    drain_operation: str = ""
+    drain_until: Optional[datetime.datetime] = None
     batch_system: str = "slurm"
     batch_node: str = ""
     network_mode: str = ""
@@ -99,19 +108,67 @@ class SlotMetadata:
     def seconds_to_drain(self, now: datetime.datetime) -> int:
         return seconds_to_drain(self.times, now)
 
-    def request_drain(self, reason: str, now: datetime.datetime) -> SlotMetadata:
-        """A copy with an operator drain request (the first request's time is kept)."""
+    def request_drain(
+        self,
+        reason: str,
+        now: datetime.datetime,
+        owner: str = "operator",
+        operation: str = "",
+        until: Optional[datetime.datetime] = None,
+    ) -> SlotMetadata:
+        """A copy with a drain request by ``owner`` (the first request's time is kept).
+
+        ``operation`` names the run that asked (an operations lock token) and ``until`` is when
+        that ownership lapses if the run never comes back (a crashed play).
+        """
+        if owner not in DRAIN_OWNERS:
+            raise SlotMetadataError(
+                "drain owner must be one of %s, got %r" % (", ".join(DRAIN_OWNERS), owner), "drain.owner"
+            )
         return replace(
             self,
             drain_requested=True,
             drain_reason=reason,
             drain_requested_at=self.drain_requested_at if self.drain_requested else now,
+            drain_owner=owner,
+            drain_operation=operation,
+            drain_until=until,
         )
+
+    def clear_drain(self) -> SlotMetadata:
+        """A copy without a drain request (the slot takes jobs again, e.g. after a patch)."""
+        return replace(
+            self,
+            drain_requested=False,
+            drain_reason="",
+            drain_requested_at=None,
+            drain_owner="",
+            drain_operation="",
+            drain_until=None,
+        )
+
+    def drain_owned_by_other(self, operation: str, now: datetime.datetime) -> bool:
+        """Whether a live operation other than ``operation`` owns this slot's drain.
+
+        Only ``rolling_update`` and ``rebalance`` hold a slot: an operator's drain retires the
+        slot (recycle replaces it once drained) and recycle's own drain is its own business.
+        Ownership lapses at ``drain_until`` so that a crashed run does not hold a slot for ever.
+        """
+        if not self.drain_requested or self.drain_owner not in ("rolling_update", "rebalance"):
+            return False
+        if operation and self.drain_operation == operation:
+            return False
+        return self.drain_until is None or now < self.drain_until
+
+    @property
+    def schema(self) -> int:
+        """The schema this metadata is written with (2 only when a drain owner is recorded)."""
+        return SCHEMA_VERSION if self.drain_owner else BASE_SCHEMA_VERSION
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data for module results and inventory variables (times as ISO strings)."""
         return {
-            "schema": SCHEMA_VERSION,
+            "schema": self.schema,
             "name": self.name,
             "hypervisor": self.hypervisor,
             "worker_type": self.worker_type,
@@ -127,6 +184,9 @@ class SlotMetadata:
                 "requested": self.drain_requested,
                 "reason": self.drain_reason,
                 "requested_at": format_time(self.drain_requested_at) if self.drain_requested_at else None,
+                "owner": self.drain_owner or ("operator" if self.drain_requested else ""),
+                "operation": self.drain_operation,
+                "until": format_time(self.drain_until) if self.drain_until else None,
             },
             "batch": {"system": self.batch_system, "node": self.node_name},
             "network": {"mode": self.network_mode, "address": self.address, "mac": self.mac},
@@ -177,7 +237,7 @@ def to_xml(meta: SlotMetadata, namespaced: bool = True) -> str:
     declares it).
     """
     ET.register_namespace(PREFIX, NAMESPACE)
-    root = ET.Element(_NS + "slot", {"schema": str(SCHEMA_VERSION)})
+    root = ET.Element(_NS + "slot", {"schema": str(meta.schema)})
     _sub(root, "name", meta.name)
     _sub(root, "hypervisor", meta.hypervisor)
     if meta.worker_type:
@@ -188,7 +248,17 @@ def to_xml(meta: SlotMetadata, namespaced: bool = True) -> str:
     _sub(root, "deadline", format_time(meta.deadline))
     if meta.drain_requested:
         at = format_time(meta.drain_requested_at) if meta.drain_requested_at else ""
-        _sub(root, "drain", meta.drain_reason, requested="true", at=at)
+        until = format_time(meta.drain_until) if meta.drain_until else ""
+        _sub(
+            root,
+            "drain",
+            meta.drain_reason,
+            requested="true",
+            at=at,
+            by=meta.drain_owner,
+            operation=meta.drain_operation,
+            until=until,
+        )
     _sub(root, "batch", system=meta.batch_system, node=meta.batch_node)
     if meta.network_mode or meta.address or meta.mac:
         _sub(root, "network", mode=meta.network_mode, address=meta.address, mac=meta.mac)
@@ -256,6 +326,12 @@ def from_xml(text: str) -> SlotMetadata:
         raise SlotMetadataError(f"slot metadata: ssh port {port_text!r} is not a number", "ssh.port") from None
     requested = drain is not None and drain.get("requested", "false").lower() == "true"
     requested_at = drain.get("at", "") if drain is not None else ""
+    owner = drain.get("by", "") if drain is not None else ""
+    if owner and owner not in DRAIN_OWNERS:
+        raise SlotMetadataError(
+            "slot metadata: drain owner %r is not one of %s" % (owner, ", ".join(DRAIN_OWNERS)), "drain.by"
+        )
+    until = drain.get("until", "") if drain is not None else ""
     extra = {e.get("key", ""): (e.text or "") for e in root.findall(_NS + "extra") if e.get("key")}
     return SlotMetadata(
         name=_text(root, "name"),
@@ -270,6 +346,9 @@ def from_xml(text: str) -> SlotMetadata:
         drain_requested=requested,
         drain_reason=((drain.text or "").strip() if drain is not None else ""),
         drain_requested_at=parse_time(requested_at, "drain.at") if requested_at else None,
+        drain_owner=owner if requested else "",
+        drain_operation=(drain.get("operation", "") if drain is not None and requested else ""),
+        drain_until=parse_time(until, "drain.until") if requested and until else None,
         batch_system=batch.get("system", "slurm") if batch is not None else "slurm",
         batch_node=batch.get("node", "") if batch is not None else "",
         network_mode=network.get("mode", "") if network is not None else "",

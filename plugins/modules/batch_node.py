@@ -17,6 +17,10 @@ description:
     the cluster's C(slurm.conf) and its munge key, usually the controller).
   - HTCondor support uses C(condor_status), C(condor_drain) and C(condor_off); it has been tested
     against typical command output only, not against HTCondor daemons.
+  - A drain made here is recorded by the batch system only, not in the slot's metadata (this module
+    runs where the batch commands work and does not reach the hypervisors). The lifecycle plays
+    first record who owns the drain with M(batchvirt.farm.slot_drain); a drain made with this module
+    alone shows in the inventory without an owner and counts as an operator's drain.
 author:
   - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
@@ -123,6 +127,8 @@ notes:
   - For Slurm the bulk query is C(sinfo --json) (or C(scontrol -o -F show node) where the openapi
     plugins are missing) plus C(squeue) only when a node is busy.
 seealso:
+  - module: batchvirt.farm.slot_drain
+    description: Record which operation owns a slot's drain in its metadata.
   - name: batchvirt.farm batch documentation
     description: Adapters, controller and client roles, self-registration of VMs.
     link: https://github.com/batchvirt/farm/blob/main/docs/batch.md

@@ -342,6 +342,8 @@ def configure(
         "farm_ops_scope": HYPERVISOR,
         "farm_ops_controller": "localhost",
         "farm_ops_poll_interval": 2,
+        # the farm's own operations lock (the machine's default path stays free for other tests)
+        "farm_ops_lock_path": os.path.join(tmp, "operations.lock"),
         "farm_ops_boot_timeout": 900,
         "farm_ops_slot": {
             "uri": "qemu:///system",

@@ -5,6 +5,7 @@ inventory = the batchvirt.farm.slots plugin file, extra vars), and the tests rea
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -144,3 +145,211 @@ def test_recycle_replaces_only_the_expired_slot(farm):
     assert again.rc == 0, again.stdout[-4000:]
     assert not again.changed, again.changed_tasks()
     assert farm.metadata() == after
+
+
+# -- one operation owns a slot at a time ---------------------------------------------------
+# The patch command runs "inside the VM": on this test farm the slot hosts are reached with
+# ansible_connection=local (the slots take no SSH key), so the "patch" is a sleep on the host that
+# keeps the slot drained long enough for recycle.yml to see it.
+PATCH = {
+    "farm_rolling_update_mode": "patch",
+    "ansible_connection": "local",
+    "farm_rolling_update_patch_command": "true",
+}
+
+
+def _lock_path(farm):
+    return farm.extravars["farm_ops_lock_path"]
+
+
+def _start_jobs(farm, seconds):
+    farm.wait_accepting(timeout=300)
+    jobs = {name: farm.submit(name, seconds) for name in farm.names}
+    deadline = time.monotonic() + 120
+    while farm.running_jobs() != dict.fromkeys(farm.names, 1):
+        assert time.monotonic() < deadline, f"jobs did not start: {farm.running_jobs()} {farm.node_states()}"
+        time.sleep(1)
+    return jobs
+
+
+def _assert_jobs_ok(jobs):
+    for name, proc in jobs.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"job on {name} ended with {proc.returncode}: {out} {err}"
+
+
+def test_recycle_leaves_a_slot_alone_while_a_patch_rolling_update_drains_it(farm):
+    import threading
+
+    before = farm.metadata()
+    jobs = _start_jobs(farm, 40)
+    outcome = {}
+
+    def update():
+        outcome["result"] = farm.run(
+            "rolling_update.yml",
+            farm_rolling_update_min_capacity_share=SHARE,
+            farm_rolling_update_reason="bvt patch",
+            **dict(PATCH, farm_rolling_update_patch_command="sleep 75"),
+        )
+
+    runner = threading.Thread(target=update, daemon=True)
+    runner.start()
+
+    # 1. while the rolling update drains (jobs still run), a recycle run finds the farm busy
+    deadline = time.monotonic() + 300
+    while not any(m["drain"]["owner"] == "rolling_update" for m in farm.metadata().values()):
+        assert runner.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(1)
+    busy = farm.run("recycle.yml")
+    assert busy.rc == 0, busy.stdout[-4000:]
+    message = [r["msg"] for r in busy.results("Report that the farm is busy with another operation") if "msg" in r]
+    assert message and "held by rolling_update" in message[0], busy.stdout[-4000:]
+    assert not busy.results("Remove the slot")
+
+    # 2. once the slot's job has ended and the patch runs, the slot is `drained` in the batch
+    # system: recycle without the lock (a site that turned it off, or an old schedule) must still
+    # leave it alone, because a live rolling update owns its drain
+    deadline = time.monotonic() + 300
+    drained = None
+    while drained is None:
+        assert runner.is_alive() and time.monotonic() < deadline, ("no drained slot seen", outcome)
+        states = farm.node_states()
+        meta = farm.metadata()
+        drained = next(
+            (
+                n
+                for n in farm.names
+                if states.get(n, "").rstrip("*") == "drained" and meta[n]["drain"]["owner"] == "rolling_update"
+            ),
+            None,
+        )
+        time.sleep(1)
+    unlocked = farm.run("recycle.yml", farm_ops_lock_enabled=False)
+    assert unlocked.rc == 0, unlocked.stdout[-4000:]
+    summary = _summary(unlocked, "farm_recycle_summary")
+    assert drained in summary["owned_by_another_operation"], summary
+    assert "owned by rolling_update" in summary["owned_by_another_operation"][drained]["msg"], summary
+    assert summary["replaced"] == {}, summary
+
+    runner.join(900)
+    result = outcome["result"]
+    assert result.rc == 0, result.stdout[-6000:]
+    _assert_jobs_ok(jobs)
+    after = farm.metadata()
+    # no slot was re-created (same creation time), and the patched slots no longer carry a drain
+    assert {n: after[n]["created_at"] for n in farm.names} == {n: before[n]["created_at"] for n in farm.names}
+    assert all(not after[n]["drain"]["requested"] for n in farm.names), after
+    summary = _summary(result, "farm_rolling_update_summary")
+    assert sorted(summary["updated"]) == farm.names and summary["failed"] == {}, summary
+    assert not os.path.exists(_lock_path(farm)), "the lock must be released at the end"
+    farm.wait_accepting(timeout=300)
+
+
+def _ansible_playbook(farm, playbook, **extra):
+    """ansible-playbook in its own process group (so that the test can kill it as a crash would)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.testbed.ansible import COLLECTIONS, ROOT
+
+    extravars = os.path.join(farm.tmp, "killed-extravars.json")
+    with open(extravars, "w") as handle:
+        json.dump(dict(farm.extravars, **extra), handle)
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=COLLECTIONS,
+        ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"),
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        ANSIBLE_HOST_KEY_CHECKING="False",
+        SLURM_CONF=farmbed.SLURM_CONF,
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    )
+    return subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+            "-i",
+            farm.inventory,
+            "-e",
+            "@" + extravars,
+            os.path.join(ROOT, "playbooks", playbook),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def test_a_killed_rolling_update_holds_the_farm_until_its_lock_expires(farm):
+    import signal
+
+    from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import connect
+    from ansible_collections.batchvirt.farm.plugins.module_utils._oplock import OperationsLock
+    from ansible_collections.batchvirt.farm.plugins.module_utils._slot_claim import run_claims
+    from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import parse_time, utcnow
+
+    ttl = 60
+    jobs = _start_jobs(farm, 45)
+    proc = _ansible_playbook(
+        farm,
+        "rolling_update.yml",
+        farm_rolling_update_min_capacity_share=SHARE,
+        farm_rolling_update_lock_ttl=ttl,
+        **PATCH,
+    )
+    lock = OperationsLock(_lock_path(farm))
+    claimed = None
+    try:
+        deadline = time.monotonic() + 300
+        while claimed is None:  # mid-drain: claimed in its metadata, draining in Slurm, its job running
+            assert proc.poll() is None and time.monotonic() < deadline, "the rolling update ended before it drained"
+            meta = farm.metadata()
+            states = farm.node_states()
+            claimed = next(
+                (
+                    n
+                    for n in farm.names
+                    if meta[n]["drain"]["owner"] == "rolling_update" and "drain" in states.get(n, "")
+                ),
+                None,
+            )
+            time.sleep(0.5)
+        record = lock.read()
+        # the holder is the ansible-playbook process that was started (its pid, this host)
+        assert record["operation"] == "rolling_update" and record["holder"]["pid"] == proc.pid, record
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the crash: no `always`, no release
+        proc.wait(60)
+    assert lock.read() == record, "a killed run cannot release its lock"
+
+    # at once: the next run finds the farm held by the dead run and ends cleanly, naming it
+    blocked = farm.run("rolling_update.yml", farm_rolling_update_min_capacity_share=SHARE, **PATCH)
+    assert blocked.rc == 0, blocked.stdout[-4000:]
+    message = [r["msg"] for r in blocked.results("Report that the farm is busy with another operation") if "msg" in r]
+    assert message and f"pid {proc.pid}" in message[0] and record["expires_at"] in message[0], blocked.stdout[-4000:]
+    assert not blocked.results("Drain the batch node and wait until drained")
+
+    # after the expiry: the next run takes the lock over and updates what is active
+    wait = (parse_time(record["expires_at"]) - utcnow()).total_seconds()
+    if wait > 0:
+        time.sleep(wait + 1)
+    after = farm.run("rolling_update.yml", farm_rolling_update_min_capacity_share=SHARE, **PATCH)
+    assert after.rc == 0, after.stdout[-6000:]
+    taken = [r["msg"] for r in after.results("Report the expired lock this run took over") if "msg" in r]
+    assert taken and f"pid {proc.pid}" in taken[0], after.stdout[-4000:]
+    summary = _summary(after, "farm_rolling_update_summary")
+    others = [n for n in farm.names if n != claimed]
+    assert sorted(summary["updated"]) == others, summary  # the slot the dead run drained is not active
+    assert lock.read() is None, "the run that took over released the lock at its end"
+    _assert_jobs_ok(jobs)
+
+    # put the farm back: the dead run's drain is cleared by hand, as an operator would
+    conn = connect("qemu:///system")
+    try:
+        run_claims(conn, [claimed], "cleared", "rolling_update", "", "", "", utcnow(), force=True)
+    finally:
+        conn.close()
+    farmbed.slurm("scontrol", "update", f"nodename={claimed}", "state=resume", check=False)
+    farm.wait_accepting(timeout=300)

@@ -120,3 +120,100 @@ def test_recycle_plan_touches_only_expired_drained_stopped(tmp_path):
         [f"hv01-slot-a{i}" for i in range(6)] + ["hv01-slot-expiring", "hv01-slot-draining", "hv01-slot-new"]
     ), plan
     assert not result.results("Remove the slot") and not result.changed
+
+
+# -- the operations lock: a second lifecycle play -------------------------------------------
+def _reported(result, task):
+    """The message of the run of a lock task that reported (the task file is included again for the release)."""
+    msgs = [r["msg"] for r in result.results(task) if "msg" in r]
+    assert msgs, f"no {task!r} in the job events:\n{result.stdout[-3000:]}"
+    return msgs[0]
+
+
+def _held_lock(tmp_path, ttl=3600):
+    from ansible_collections.batchvirt.farm.plugins.module_utils._oplock import OperationsLock
+
+    lock = OperationsLock(str(tmp_path / "operations.lock"))
+    holder = {"play": "rolling_update", "awx_job_id": "4711", "host": "awx-ee-7f9c", "pid": 31337}
+    return lock, lock.try_acquire("rolling_update", ttl, holder).record
+
+
+@pytest.mark.parametrize("playbook", ["rolling_update.yml", "recycle.yml"])
+def test_a_second_play_ends_cleanly_naming_the_holder(tmp_path, playbook):
+    lock, held = _held_lock(tmp_path)
+    result = run_playbook(
+        f"playbooks/{playbook}", inventory=_farm(tmp_path), extravars={"farm_ops_lock_path": lock.path}
+    )
+    assert result.rc == 0, result.stdout[-3000:]
+    busy = _reported(result, "Report that the farm is busy with another operation")
+    assert "held by rolling_update, AWX job 4711, on awx-ee-7f9c pid 31337" in busy, busy
+    assert held["expires_at"] in busy and "nothing was done" in busy
+    # nothing was touched, no summary, and the holder's lock is as it was
+    assert not result.results("Show what will be recycled")  # recycle takes the lock before its plan
+    assert not result.results("Drain the batch node and wait until drained") and not result.results("Remove the slot")
+    assert not result.results("Show the summary") and not result.changed
+    assert lock.read() == held
+
+
+def test_a_second_play_can_fail_instead_naming_the_holder(tmp_path):
+    lock, held = _held_lock(tmp_path)
+    result = run_playbook(
+        "playbooks/recycle.yml",
+        inventory=_farm(tmp_path),
+        extravars={"farm_ops_lock_path": lock.path, "farm_ops_lock_on_busy": "fail", "farm_ops_lock_wait": 2},
+    )
+    assert result.rc != 0
+    failed = [e["event_data"]["res"].get("msg", "") for e in result.events if e.get("event") == "runner_on_failed"]
+    assert any("held by rolling_update, AWX job 4711" in m and "(waited 2 s)" in m for m in failed), failed
+    assert lock.read() == held
+
+
+def test_an_expired_lock_is_taken_over_and_reported(tmp_path):
+    lock, held = _held_lock(tmp_path, ttl=1)
+    import time
+
+    time.sleep(1.5)
+    result = run_playbook(
+        "playbooks/rolling_update.yml",
+        inventory=_farm(tmp_path, active=7),
+        check=True,
+        extravars={"farm_ops_lock_path": lock.path},
+    )
+    assert result.rc == 0, result.stdout[-3000:]
+    taken = _reported(result, "Report the expired lock this run took over")
+    assert "took over the expired operations lock of rolling_update, AWX job 4711" in taken, taken
+    assert _msg(result, "Show the plan")["batch_size"] == 2
+    assert lock.read() == held  # check mode wrote nothing
+
+
+def test_rolling_update_bad_serial_names_the_variable(tmp_path):
+    result = run_playbook(
+        "playbooks/rolling_update.yml",
+        inventory=_farm(tmp_path),
+        check=True,
+        extravars={"farm_rolling_update_serial": "ten", "farm_ops_lock_path": str(tmp_path / "operations.lock")},
+    )
+    assert result.rc != 0
+    assert "farm_rolling_update_serial must be a count of slots (5) or a percentage" in result.stdout, result.stdout[
+        -3000:
+    ]
+
+
+def test_without_the_lock_a_run_still_gets_an_id_and_an_expiry(tmp_path):
+    lock, held = _held_lock(tmp_path)
+    result = run_playbook(
+        "playbooks/recycle.yml",
+        inventory=_farm(tmp_path),
+        check=True,
+        extravars={"farm_ops_lock_path": lock.path, "farm_ops_lock_enabled": False},
+    )
+    assert result.rc == 0, result.stdout[-3000:]
+    facts = [r["ansible_facts"]["farm_ops_lock"] for r in result.results("Record the lock") if "ansible_facts" in r]
+    assert facts and facts[0]["proceed"] and not facts[0]["acquired"], facts
+    assert len(facts[0]["token"]) == 32 and facts[0]["token"] != held["token"], facts
+    expires = datetime.datetime.strptime(facts[0]["expires_at"], "%Y-%m-%dT%H:%M:%SZ")
+    expires = expires.replace(tzinfo=datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert 2000 < (expires - now).total_seconds() < 3400, facts  # 3 x 900 s boot + 600 s
+    assert _msg(result, "Show what will be recycled")["replace_expired"] == ["hv01-slot-expired"]
+    assert lock.read() == held  # a run without the lock never touches it

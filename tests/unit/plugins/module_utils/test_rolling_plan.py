@@ -1,17 +1,11 @@
-"""Rolling update planning: capacity bound -> batch size, batches, the floor schedule; and the
-playbook's own Jinja rule for ``serial`` checked against the Python one for a table of farms."""
+"""Rolling update planning: capacity bound -> batch size, batches, the floor schedule, and the
+``farm_rolling_update_serial`` override (the playbook gets all of it through the filters)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import yaml
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _rolling as rolling
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
-PLAYBOOK = os.path.join(ROOT, "playbooks", "rolling_update.yml")
 
 
 @pytest.mark.parametrize(
@@ -92,47 +86,26 @@ def test_min_share():
     assert rolling.min_share([], 2) == 1.0
 
 
-# -- the playbook's Jinja rule = the Python rule ------------------------------------------
-def _render_batch_size(active: int, expiring: int, share: float, serial: str = "") -> int:
-    from ansible.parsing.dataloader import DataLoader
-    from ansible.template import Templar
-
-    try:
-        from ansible.template import trust_as_template
-    except ImportError:  # ansible-core < 2.19
-
-        def trust_as_template(value):  # type: ignore[no-redef]
-            return value
-
-    with open(PLAYBOOK) as handle:
-        plays = yaml.safe_load(handle)
-    expr = plays[0]["vars"]["__farm_rolling_update_batch_size"]
-    variables = {
-        "groups": {
-            "farm_lifecycle_active": [f"a{i}" for i in range(active)] + ["other-a"],
-            "farm_lifecycle_expiring": [f"e{i}" for i in range(expiring)] + ["other-e"],
-            "scope": [f"a{i}" for i in range(active)] + [f"e{i}" for i in range(expiring)],
-        },
-        "farm_ops_scope": "scope",  # slots outside the scope count for nothing
-        "farm_rolling_update_min_capacity_share": share,
-        "farm_rolling_update_serial": serial,
-    }
-    templar = Templar(loader=DataLoader(), variables=variables)
-    return int(str(templar.template(trust_as_template(expr))).strip())
-
-
-@pytest.mark.parametrize(
-    ("active", "expiring", "share"),
-    [(100, 0, 0.75), (8, 0, 0.75), (7, 1, 0.75), (2, 0, 0.5), (2, 0, 0.75), (10, 0, 0.7), (3, 5, 0.5), (1, 0, 0.0)],
-)
-def test_playbook_serial_matches_the_python_rule(active, expiring, share):
-    assert _render_batch_size(active, expiring, share) == rolling.batch_size(active + expiring, share, active)
-
-
+# -- farm_rolling_update_serial: a smaller batch, never above the bound --------------------
 @pytest.mark.parametrize(
     ("serial", "size"),
-    [("10%", 10), ("1%", 1), ("50%", 25), ("5", 5), ("40", 25), ("0", 1)],
+    [("10%", 10), ("1%", 1), ("50%", 25), ("5", 5), ("40", 25), ("0", 1), (7, 7), ("", 25), (None, 25), (" 20% ", 20)],
 )
-def test_playbook_serial_override_is_capped_by_the_bound(serial, size):
+def test_serial_is_capped_by_the_bound(serial, size):
     # 100 active slots, share 0.75: the bound is 25 at once whatever is asked
-    assert _render_batch_size(100, 0, 0.75, serial) == size
+    assert rolling.batch_size(100, 0.75, 100, serial) == size
+
+
+@pytest.mark.parametrize("serial", ["abc", "-5", "-10%", "2.5", "nan", "inf", "%", "5%%"])
+def test_bad_serial_names_the_variable(serial):
+    with pytest.raises(rolling.RollingPlanError, match="farm_rolling_update_serial must be a count") as err:
+        rolling.batch_size(100, 0.75, 100, serial)
+    assert err.value.option == "farm_rolling_update_serial" == err.value.variable
+
+
+def test_rolling_plan_error_is_a_farm_error():
+    from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
+
+    with pytest.raises(FarmError) as err:
+        rolling.check_share(1.5)
+    assert err.value.option == "farm_rolling_update_min_capacity_share"
