@@ -27,6 +27,7 @@ import subprocess
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._files import fsync_dir
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_store import (
     FAILED,
     PARTIAL,
@@ -266,7 +267,7 @@ class ImageStates(ImageStore):
             raise ImageVerificationError("image %s version %s was not staged: %s" % (identifier, version, msg))
         os.chmod(partial, 0o644)
         os.replace(partial, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self._transition(identifier, version, READY, "verified size %d and sha512 from %s" % (size, uri))
         record = self._must_get(identifier, version)
         result = StageResult(
@@ -335,16 +336,3 @@ class ImageStates(ImageStore):
             )
         self._transition(record.identifier, record.version, record.state, message)
         return message
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -16,9 +16,9 @@ import datetime
 import hashlib
 import os
 import re
-import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._files import write_atomic
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_dn import name_to_slash
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_model import (
     CHUNK,
@@ -50,23 +50,6 @@ def hash_file(path: str) -> Tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
-
-
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".imagelist-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def bump_version(version: str) -> str:

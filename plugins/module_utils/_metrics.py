@@ -22,11 +22,11 @@ import datetime
 import fcntl
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
+from ansible_collections.batchvirt.farm.plugins.module_utils._files import write_atomic
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import ACCEPTING_STATES, STATES
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time, parse_time
 
@@ -141,24 +141,7 @@ def load_state(path: str) -> Dict[str, Any]:
 
 def save_state(path: str, state: Dict[str, Any]) -> None:
     """Write the state file atomically (a temporary file beside it, fsynced, renamed)."""
-    _atomic_write(path, json.dumps(state, sort_keys=True, indent=1) + "\n", mode=0o644)
-
-
-def _atomic_write(path: str, text: str, mode: int = 0o644) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(state, sort_keys=True, indent=1) + "\n", mode=0o644, makedirs=True)
 
 
 def record_play(

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
+from ansible_collections.batchvirt.farm.plugins.module_utils._files import fsync_dir
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time, parse_time, utcnow
 
 DEFAULT_PATH = "/var/lib/batchvirt/operations.lock"
@@ -147,14 +148,14 @@ class OperationsLock:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     def _remove(self) -> None:
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             return
-        _fsync_dir(os.path.dirname(self.path))
+        fsync_dir(os.path.dirname(self.path))
 
     def _guarded(self) -> _Guard:
         directory = os.path.dirname(self.path)
@@ -281,19 +282,6 @@ class _Guard:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         finally:
             os.close(self.fd)
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def run_module(params: Dict[str, Any], check_mode: bool) -> Dict[str, Any]:
