@@ -93,8 +93,9 @@ def test_inventory_reads_the_group_over_qemu_ssh(hvbed, configured, hv_inventory
     start = time.monotonic()
     run = run_inventory(hv_inventory, _plugin_config(tmp_path, hvbed))
     TIMINGS["inventory refresh, three hypervisors"] = round(time.monotonic() - start, 1)
-    data = run.data
-    assert data["all"].get("vars", {}).get("farm_unreachable_hypervisors") == [], run.stderr[-3000:]
+    assert run.rc == 0, run.stderr[-3000:]
+    # without --export, ansible-inventory gives the group all's variables to every host
+    assert run.hostvars(slots_on_each["hv1"])["farm_unreachable_hypervisors"] == [], run.stderr[-3000:]
     for hv in hvbed.hypervisors:
         name = slots_on_each[hv.name]
         # grouped by the hypervisor it lives on, and only there
@@ -112,22 +113,28 @@ def test_a_hypervisor_going_away(hvbed, configured, hv_inventory, slots_on_each,
     gone.stop_daemons()
     try:
         run = run_inventory(hv_inventory, _plugin_config(tmp_path, hvbed))
-        unreachable = run.data["all"]["vars"]["farm_unreachable_hypervisors"]
+        unreachable = run.hostvars(slots_on_each[others[0].name])["farm_unreachable_hypervisors"]
         assert [u["name"] for u in unreachable] == [gone.name]
         assert f"hypervisor {gone.name} left out" in run.stderr
         assert slots_on_each[gone.name] not in run.data["_meta"]["hostvars"]
         for hv in others:
             assert run.hosts(f"farm_hypervisor_{hv.name}") == [slots_on_each[hv.name]]
 
-        # fail_on_errors: the refresh fails (AWX fails the inventory sync), naming the hypervisor
+        # fail_on_errors: the refresh fails, naming the hypervisor; with several sources (the
+        # hypervisors' inventory first) ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED makes it fatal
         strict = _plugin_config(tmp_path, hvbed, fail_on_errors=True)
-        run = run_inventory(hv_inventory, strict, env={"ANSIBLE_INVENTORY_UNPARSED_FAILED": "1"})
+        message = f"refresh failed (fail_on_errors is true): {gone.name}: cannot connect to libvirt"
+        run = run_inventory(hv_inventory, strict, env={"ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "1"})
         assert run.rc != 0
-        assert f"refresh failed (fail_on_errors is true): {gone.name}: cannot connect to libvirt" in run.stderr
+        assert message in run.stderr
+        # otherwise the source is dropped as a whole, with the reason: no slot is listed
+        run = run_inventory(hv_inventory, strict)
+        assert message in run.stderr
+        assert not any(name in run.data["_meta"]["hostvars"] for name in slots_on_each.values())
     finally:
         gone.start_daemons()
         gone.wait_ready()
     # back: read again with the others
     run = run_inventory(hv_inventory, _plugin_config(tmp_path, hvbed))
-    assert run.data["all"]["vars"]["farm_unreachable_hypervisors"] == []
+    assert run.hostvars(slots_on_each[gone.name])["farm_unreachable_hypervisors"] == []
     assert run.hosts(f"farm_hypervisor_{gone.name}") == [slots_on_each[gone.name]]
