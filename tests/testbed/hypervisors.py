@@ -314,7 +314,7 @@ class Hypervisor:
                 os.kill(int(pid), 9)
         subprocess.run(["ip", "link", "delete", self.veth], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
-        for _ in range(50):
+        for _attempt in range(50):
             if not os.path.ismount(self.root):
                 break
             subprocess.run(["umount", self.root], capture_output=True, check=False)
@@ -324,6 +324,29 @@ class Hypervisor:
             subprocess.run(["umount", "-l", self.root], capture_output=True, check=False)
         if not os.path.ismount(self.root):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _remove_stale_beds(keep: str) -> None:
+    """Unmount and remove the beds of sessions that were killed before their teardown
+    (the network namespaces and veths, fixed names, are removed by each ``Hypervisor.start``)."""
+    parent = os.path.dirname(keep)
+    with open("/proc/self/mounts", encoding="utf-8") as fh:
+        mounts = [line.split()[1] for line in fh]
+    stale = set()
+    for mount in mounts:
+        rel = os.path.relpath(mount, parent)
+        parts = rel.split(os.sep)
+        if (
+            len(parts) == 3
+            and parts[0].startswith("bvt-mhv-")
+            and parts[2] == "root"
+            and parts[0] != os.path.basename(keep)
+        ):
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+            stale.add(os.path.join(parent, parts[0]))
+    for path in stale:
+        if not any(m.startswith(path + os.sep) for m in mounts if os.path.ismount(m)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class HypervisorBed:
@@ -339,6 +362,7 @@ class HypervisorBed:
         self.ssh_wrapper = os.path.join(base, "ssh")
 
     def start(self) -> None:
+        _remove_stale_beds(self.base)
         os.makedirs(self.base, exist_ok=True)
         if not os.path.exists(self.key):
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "batchvirt-testbed", "-f", self.key])
