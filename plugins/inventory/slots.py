@@ -67,8 +67,9 @@ options:
         Ansible reads in alphabetical order), as a hypervisor.
       - Its URI comes from O(uri_template); its name is its inventory host name; C(ansible_host),
         C(ansible_user) and C(ansible_port) of the host are used to reach it with SSH.
-      - The host's variables include the variables of its groups (host variables win), as
-        P(ansible.builtin.constructed#inventory) sees them.
+      - The host's variables are its inventory variables combined with those of its groups (the
+        host's own win), as loaded by the earlier sources; C(group_vars/) and C(host_vars/)
+        directories (vars plugins) are not read.
     type: str
   uri_template:
     description:
@@ -392,7 +393,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         template = _trusted(self.get_option("uri_template"))
         result = []
         for host in self.inventory.groups[group].get_hosts():
-            # as ansible.builtin.constructed: the host's groups' variables, then its own
+            # group variables (the SSH user and port of a site's hypervisors usually live there),
+            # overridden by the host's own, as Ansible combines them for a play
             variables = combine_vars(get_group_vars(host.get_groups()), host.get_vars())
             self.templar.available_variables = variables
             try:

@@ -155,6 +155,30 @@ def test_hypervisor_group_renders_the_uri_template():
     ]
 
 
+def test_hypervisor_group_takes_group_variables():
+    """A site sets the SSH user and port once, on the hypervisors' group (#19); the host's own win."""
+    plugin = make_plugin(
+        hypervisor_group="hvs",
+        uri_template="qemu+ssh://{{ ansible_user }}@{{ ansible_host }}:{{ ansible_port }}/system",
+    )
+    plugin.templar = _templar()
+    inv = plugin.inventory
+    inv.add_group("hvs")
+    inv.set_variable("hvs", "ansible_user", "admin")
+    inv.set_variable("hvs", "ansible_port", 2222)
+    inv.set_variable("all", "ansible_port", 22)
+    inv.add_host("hv01", group="hvs")
+    inv.set_variable("hv01", "ansible_host", "192.0.2.1")
+    inv.add_host("hv02", group="hvs")
+    inv.set_variable("hv02", "ansible_host", "192.0.2.2")
+    inv.set_variable("hv02", "ansible_user", "root")
+    hvs = plugin._hypervisors()
+    assert [(h.name, h.uri, h.ssh_user, h.ssh_port) for h in hvs] == [
+        ("hv01", "qemu+ssh://admin@192.0.2.1:2222/system", "admin", 2222),
+        ("hv02", "qemu+ssh://root@192.0.2.2:2222/system", "root", 2222),
+    ]
+
+
 def trusted(template):
     """Config files are trusted templates (``_read_config_data`` tags them); mimic that."""
     try:
