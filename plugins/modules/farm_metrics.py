@@ -190,8 +190,7 @@ failures:
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
-from ansible_collections.batchvirt.farm.plugins.module_utils._hypervisor import HypervisorError
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import FarmLibvirtError, connect
+from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import connect
 from ansible_collections.batchvirt.farm.plugins.module_utils._metrics import (
     HAS_PROMETHEUS_CLIENT,
     METRICS_ARGUMENT_SPEC,
@@ -210,9 +209,7 @@ def main() -> None:
             result = run_metrics(conn, module.params, module.check_mode)
         finally:
             conn.close()
-    except FarmError as exc:
-        module.fail_from(exc, **exc.to_result())
-    except (HypervisorError, FarmLibvirtError) as exc:
+    except FarmError as exc:  # HypervisorError and FarmLibvirtError are FarmErrors too
         module.fail_from(exc)
     module.exit_json(**result)
 

@@ -158,10 +158,10 @@ def main() -> None:
     )
     try:
         result = run_module(connect, module.params, module.check_mode, module._diff)
-    except FarmError as exc:
-        module.fail_from(exc, **exc.to_result())
     except FarmLibvirtError as exc:
         module.fail_from(exc, option="uri")
+    except FarmError as exc:
+        module.fail_from(exc)
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)
