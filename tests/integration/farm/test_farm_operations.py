@@ -5,6 +5,7 @@ inventory = the batchvirt.farm.slots plugin file, extra vars), and the tests rea
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -144,3 +145,23 @@ def test_recycle_replaces_only_the_expired_slot(farm):
     assert again.rc == 0, again.stdout[-4000:]
     assert not again.changed, again.changed_tasks()
     assert farm.metadata() == after
+
+
+def test_removing_a_slot_shuts_its_guest_down_by_acpi_first(farm):
+    """Keep this test last: it removes one slot for good (the session teardown removes the rest).
+    The Debian worker runs systemd, which powers off on the ACPI power button: its shutdown is in
+    the console log the module read before it deleted the log, and nothing was destroyed."""
+    name = sorted(farm.metadata())[-1]
+    entry = [e for e in farm.slot_entries() if e["name"] == name]
+    result = farmbed.run_playbook(
+        os.path.join(farmbed.PLAYBOOKS, "slots.yml"),
+        extravars=dict(farm.extravars, bvt_slots=entry, bvt_state="absent", bvt_force=True),
+    )
+    assert result.rc == 0, result.stdout[-4000:]
+    end = result.results("Create and start the slots")[0]["slots"][0]["end"]
+    assert end["how"] == "acpi", end
+    assert end["seconds"] < 60, end
+    assert end["reason_code"] == 100, end  # removed with force while it ran: as requested
+    console = "\n".join(end["console_tail"])
+    assert "Power-Off" in console or "reboot: Power down" in console, console
+    assert name not in farm.metadata()
