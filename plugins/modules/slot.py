@@ -375,7 +375,7 @@ options:
     default: 60
   end_reason:
     description:
-      - With O(state=absent), the reason code reported for the end of each slot (RV(slots[].end.reason_code)),
+      - With O(state=absent), the reason code reported for the end of each slot (RV(slots[].end)),
         from the table in C(docs/slots.md) modelled on Vac's shutdown messages.
       - Without it the reason follows the slot's lifecycle state at removal - V(600) deadline reached
         for C(expired), V(500) lost heartbeat / failed for C(failed), V(300) no more work for
