@@ -365,6 +365,34 @@ options:
     description: Remove a slot even while it may run jobs (O(state=absent)).
     type: bool
     default: false
+  machine_features:
+    description:
+      - HEPiX Machine/Job Features published inside each worker VM from its first boot (cloud-init
+        C(write_files)), for the pilots that read C($MACHINEFEATURES) - C(shutdowntime) (the slot's
+        deadline, Unix seconds), C(jobslots), C(total_cpu), C(log_cores), C(phys_cores) (the slot's
+        vCPUs), C(grace_secs) and C(hs06) when configured. C(MACHINEFEATURES) is exported in
+        C(/etc/environment) and C(/etc/profile.d/machinefeatures.sh).
+      - Golden nodes (O(purpose=golden)) never get them (their disk becomes an image).
+    type: dict
+    suboptions:
+      enabled:
+        description: Publish the files.
+        type: bool
+        default: true
+      path:
+        description: The C($MACHINEFEATURES) directory inside the VM.
+        type: str
+        default: /etc/machinefeatures
+      hs06:
+        description: The VM's HEP-SPEC06 rating; C(hs06) is written only when given.
+        type: float
+      jobslots:
+        description: The job slots the VM offers (default one per vCPU).
+        type: int
+      grace_secs:
+        description: Seconds jobs get between the shutdown request and the hard stop (match O(shutdown_timeout)).
+        type: int
+        default: 60
   shutdown_timeout:
     description:
       - With O(state=absent), a running slot first gets an ACPI shutdown request (its power button)
@@ -657,6 +685,16 @@ ARGUMENT_SPEC = {
     "drain_reason": {"type": "str"},
     "force": {"type": "bool", "default": False},
     "shutdown_timeout": {"type": "int", "default": 60},
+    "machine_features": {
+        "type": "dict",
+        "options": {
+            "enabled": {"type": "bool", "default": True},
+            "path": {"type": "str", "default": "/etc/machinefeatures"},
+            "hs06": {"type": "float"},
+            "jobslots": {"type": "int"},
+            "grace_secs": {"type": "int", "default": 60},
+        },
+    },
     "end_reason": {"type": "int", "choices": [100, 200, 300, 400, 500, 600]},
     "start_concurrency": {"type": "int", "default": 4},
     "pool": {"type": "str", "default": "batchvirt-slots"},

@@ -6,10 +6,12 @@ inventory = the batchvirt.farm.slots plugin file, extra vars), and the tests rea
 from __future__ import annotations
 
 import os
+import shlex
 import time
 
 import pytest
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import parse_time
 from tests.integration.farm import farmbed
 
 pytestmark = pytest.mark.slow
@@ -145,6 +147,20 @@ def test_recycle_replaces_only_the_expired_slot(farm):
     assert again.rc == 0, again.stdout[-4000:]
     assert not again.changed, again.changed_tasks()
     assert farm.metadata() == after
+
+
+def test_jobs_read_the_slot_deadline_in_machinefeatures(farm):
+    """HEPiX MJF from the VM's creation: a job (login shell, as pilots start) on each node finds
+    $MACHINEFEATURES/shutdowntime equal to the slot's deadline; the job's exit code says so."""
+    for name, meta in sorted(farm.metadata().items()):
+        deadline = int(parse_time(meta["deadline"], "deadline").timestamp())
+        check = (
+            f'test "$MACHINEFEATURES" = /etc/machinefeatures && test "$(cat "$MACHINEFEATURES/shutdowntime")" = {deadline}'
+            ' && test "$(cat "$MACHINEFEATURES/total_cpu")" -ge 1 && test ! -e "$MACHINEFEATURES/hs06"'
+        )
+        job = farm.submit(name, 0, command=f"bash -lc {shlex.quote(check)}")
+        _out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, (name, deadline, err)
 
 
 def test_removing_a_slot_shuts_its_guest_down_by_acpi_first(farm):
