@@ -17,6 +17,7 @@ import os
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_create import SlotCreator
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_end import DEFAULT_SHUTDOWN_TIMEOUT
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import (
     RunCommand,
     SlotError,
@@ -147,8 +148,14 @@ class SlotManager:
     def drain(self, requests: Sequence[Dict[str, Any]], reason: str) -> List[SlotResult]:
         return drain(self.host, requests, reason)
 
-    def remove(self, requests: Sequence[Dict[str, Any]], force: bool) -> List[SlotResult]:
-        return remove(self.host, requests, force)
+    def remove(
+        self,
+        requests: Sequence[Dict[str, Any]],
+        force: bool,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        end_reason: Optional[int] = None,
+    ) -> List[SlotResult]:
+        return remove(self.host, requests, force, shutdown_timeout, end_reason)
 
 
 def host_capacity_from_libvirt(conn: Any, layout_spec: Dict[str, Any], domain_type: str, now: datetime.datetime) -> Any:
@@ -253,7 +260,12 @@ def run(module: Any, conn: Any, now: datetime.datetime) -> Dict[str, Any]:
     elif state == "draining":
         results = manager.drain(requests, params.get("drain_reason") or "")
     else:
-        results = manager.remove(requests, bool(params.get("force")))
+        timeout = params.get("shutdown_timeout")
+        if timeout is None:
+            timeout = DEFAULT_SHUTDOWN_TIMEOUT
+        if timeout < 0:
+            raise SlotError(f"shutdown_timeout must be zero or more seconds, got {timeout}", "shutdown_timeout")
+        results = manager.remove(requests, bool(params.get("force")), timeout, params.get("end_reason"))
     out = _result(params, results, manager.warnings)
     if manager.failures:
         raise SlotRunError("; ".join(manager.failures.values()), "name", out)

@@ -73,6 +73,22 @@ def seed_files(plan: SlotPlan, meta: SlotMetadata) -> Dict[str, str]:
             )
         except BatchError as exc:
             raise SlotError(f"batch: {exc}", "batch") from None
+    mjf = plan.seed.machine_features
+    if mjf is not None:
+        from ansible_collections.batchvirt.farm.plugins.module_utils import _mjf
+
+        try:
+            features = _mjf.machine_features(
+                meta.deadline,
+                plan.spec.vcpus,
+                grace_secs=mjf["grace_secs"] if mjf.get("grace_secs") is not None else _mjf.DEFAULT_GRACE_SECS,
+                hs06=mjf.get("hs06"),
+                jobslots=mjf.get("jobslots"),
+            )
+            published = _mjf.cloud_init_machine_features(features, mjf.get("path") or _mjf.DEFAULT_PATH)
+        except _mjf.MachineFeaturesError as exc:
+            raise SlotError(str(exc), exc.option) from None
+        registration = _seed.merge_user_data(registration, published)
     instance_id = "%s-%s" % (plan.name, meta.created_at.strftime("%Y%m%dT%H%M%SZ"))
     files = {
         "user-data": _seed.user_data(

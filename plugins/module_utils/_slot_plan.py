@@ -165,6 +165,7 @@ class SeedPlan:
     ssh_authorized_keys: Tuple[str, ...] = ()
     gateway: str = ""
     dns: Tuple[str, ...] = ()
+    machine_features: Optional[Dict[str, Any]] = None  # worker slots: the MJF options (see _mjf)
 
 
 @dataclass
@@ -266,6 +267,7 @@ class Planner:
                 ssh_authorized_keys=tuple(req.get("ssh_authorized_keys") or ()),
                 gateway=network.get("gateway") or "",
                 dns=tuple(network.get("dns") or ()),
+                machine_features=_machine_features(req),
             ),
             metadata=metadata,
             spec=spec,
@@ -430,3 +432,12 @@ def check_foreign(host: SlotHost, plans: Sequence[SlotPlan]) -> None:
                     "give each slot its own",
                     "network",
                 )
+
+
+def _machine_features(req: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The MJF options of a worker slot (None: none published). A golden node publishes none:
+    its disk becomes an image, and a shutdowntime baked into an image would be wrong."""
+    options = dict(req.get("machine_features") or {})
+    if (req.get("purpose") or "worker") != "worker" or options.get("enabled") is False:
+        return None
+    return options

@@ -15,7 +15,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import libvirt
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import DRAINED, EXPIRED, STOPPED
+from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import tail
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_domain import lvm_remove_commands
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_end import (
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    end_domains,
+    end_reason,
+)
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import (
     CONSOLE_LOG_DIR,
     DEFAULT_POOL,
@@ -61,6 +67,12 @@ def drain(host: SlotHost, requests: Sequence[Dict[str, Any]], reason: str) -> Li
     return results
 
 
+def console_tail(path: str, lines: int = 15) -> List[str]:
+    """The last non-empty lines of a slot's console log (what the guest said as it ended)."""
+    text = tail(path, 4096).replace("\r", "")
+    return [line for line in text.split("\n") if line.strip()][-lines:]
+
+
 def _slots_to_remove(host: SlotHost, requests: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], Any, Any]]:
     entries = []
     for req in requests:
@@ -75,19 +87,45 @@ def _slots_to_remove(host: SlotHost, requests: Sequence[Dict[str, Any]]) -> List
     return entries
 
 
-def remove(host: SlotHost, requests: Sequence[Dict[str, Any]], force: bool) -> List[SlotResult]:
-    """Remove slots that no longer run jobs (or any, with ``force``), their volumes and logs."""
+def remove(
+    host: SlotHost,
+    requests: Sequence[Dict[str, Any]],
+    force: bool,
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    requested_reason: Optional[int] = None,
+) -> List[SlotResult]:
+    """Remove slots that no longer run jobs (or any, with ``force``), their volumes and logs.
+
+    Every slot is checked before any is touched; running ones get an ACPI shutdown and
+    ``shutdown_timeout`` seconds (all at once) before what still runs is destroyed.
+    """
     entries = _slots_to_remove(host, requests)
     views = host.batch_views([m for _r, _d, m in entries if m is not None]) if not force else {}
+    states = {}
+    for req, dom, meta in entries:
+        if dom is not None and meta is not None:
+            states[req["name"]] = _removable_state(host, dom, meta, views.get(meta.node_name), force)
+    running = [(req["name"], dom) for req, dom, meta in entries if req["name"] in states and bool(dom.isActive())]
+    ends: Dict[str, Dict[str, Any]] = {}
+    if running and not host.check_mode:
+        for (name, _dom), how in zip(running, end_domains([d for _n, d in running], shutdown_timeout)):
+            ends[name] = how
+    elif running:
+        ends = {name: {"how": "acpi" if shutdown_timeout > 0 else "destroyed", "seconds": 0} for name, _d in running}
     results = []
     for req, dom, meta in entries:
         name = req["name"]
         result = SlotResult(name)
         before_xml = dom.XMLDesc(0) if dom is not None and host.diff_mode else ""
         if dom is not None and meta is not None:
-            _remove_domain(host, dom, meta, views.get(meta.node_name), force, result)
-        _remove_volumes(host, req, name, result, lvm=dom is not None)
+            _remove_domain(host, dom, meta, states[name], result)
+            end = dict(ends.get(name) or {"how": "stopped", "seconds": 0})
+            end.update(end_reason(states[name], requested_reason))
+            result.result["end"] = end
         log = os.path.join(CONSOLE_LOG_DIR, f"{name}-console.log")
+        if name in ends and host.local and not host.check_mode:
+            result.result["end"]["console_tail"] = console_tail(log)
+        _remove_volumes(host, req, name, result, lvm=dom is not None)
         if host.local and os.path.exists(log) and not host.check_mode:
             os.unlink(log)
         result.changed = bool(result.actions)
@@ -98,20 +136,24 @@ def remove(host: SlotHost, requests: Sequence[Dict[str, Any]], force: bool) -> L
     return results
 
 
-def _remove_domain(host: SlotHost, dom: Any, meta: SlotMetadata, view: Any, force: bool, result: SlotResult) -> None:
-    name = result.name
-    active = bool(dom.isActive())
-    state = meta.lifecycle(host.now, active, view)
+def _removable_state(host: SlotHost, dom: Any, meta: SlotMetadata, view: Any, force: bool) -> str:
+    """The slot's lifecycle state, or SlotError when it may still run jobs and not ``force``."""
+    state = meta.lifecycle(host.now, bool(dom.isActive()), view)
     if not force and state not in (STOPPED, DRAINED, EXPIRED):
         raise SlotError(
             "slot %s is %s (drain_at %s, deadline %s): it may run jobs; drain it (state=draining) and "
             "wait until it is drained, stop it, or pass force=true"
-            % (name, state, format_time(meta.drain_at), format_time(meta.deadline)),
+            % (dom.name(), state, format_time(meta.drain_at), format_time(meta.deadline)),
             "force",
         )
+    return state
+
+
+def _remove_domain(host: SlotHost, dom: Any, meta: SlotMetadata, state: str, result: SlotResult) -> None:
+    name = result.name
     result.actions.append(f"remove domain (was {state})")
     if not host.check_mode:
-        if dom.isActive():
+        if dom.isActive():  # ended by end_domains; a guest that restarted itself meanwhile
             dom.destroy()
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         host.domains.pop(name, None)

@@ -365,6 +365,52 @@ options:
     description: Remove a slot even while it may run jobs (O(state=absent)).
     type: bool
     default: false
+  machine_features:
+    description:
+      - HEPiX Machine/Job Features published inside each worker VM from its first boot (cloud-init
+        C(write_files)), for the pilots that read C($MACHINEFEATURES) - C(shutdowntime) (the slot's
+        deadline, Unix seconds), C(jobslots), C(total_cpu), C(log_cores), C(phys_cores) (the slot's
+        vCPUs), C(grace_secs) and C(hs06) when configured. C(MACHINEFEATURES) is exported in
+        C(/etc/environment) and C(/etc/profile.d/machinefeatures.sh).
+      - Golden nodes (O(purpose=golden)) never get them (their disk becomes an image).
+    type: dict
+    suboptions:
+      enabled:
+        description: Publish the files.
+        type: bool
+        default: true
+      path:
+        description: The C($MACHINEFEATURES) directory inside the VM.
+        type: str
+        default: /etc/machinefeatures
+      hs06:
+        description: The VM's HEP-SPEC06 rating; C(hs06) is written only when given.
+        type: float
+      jobslots:
+        description: The job slots the VM offers (default one per vCPU).
+        type: int
+      grace_secs:
+        description: Seconds jobs get between the shutdown request and the hard stop (match O(shutdown_timeout)).
+        type: int
+        default: 60
+  shutdown_timeout:
+    description:
+      - With O(state=absent), a running slot first gets an ACPI shutdown request (its power button)
+        and this many seconds to power off, so the guest's shutdown runs (C(slurmd) leaves cleanly);
+        what still runs afterwards is destroyed. All slots of one call share the same grace.
+      - V(0) destroys at once.
+    type: int
+    default: 60
+  end_reason:
+    description:
+      - With O(state=absent), the reason code reported for the end of each slot (RV(slots[].end)),
+        from the table in C(docs/slots.md) modelled on Vac's shutdown messages.
+      - Without it the reason follows the slot's lifecycle state at removal - V(600) deadline reached
+        for C(expired), V(500) lost heartbeat / failed for C(failed), V(300) no more work for
+        C(drained) (and C(draining) with O(force=true)), V(200) intended work completed for a
+        C(stopped) slot, V(100) shutdown as requested for any other slot removed with O(force=true).
+    type: int
+    choices: [100, 200, 300, 400, 500, 600]
   start_concurrency:
     description:
       - How many slots are started at once (libvirtd starts domains in parallel; starting is most of
@@ -480,6 +526,15 @@ slots:
     ssh:
       description: The SSH endpoint (host, port, user).
       type: dict
+    end:
+      description:
+        - How and why a removed slot ended (O(state=absent)); C(how) is V(acpi) (the guest powered off
+          after the ACPI request), V(destroyed) (still running after O(shutdown_timeout), or at once
+          with V(0)) or V(stopped) (it was not running); C(seconds) is the time waited; C(reason_code)
+          and C(reason) come from the table in C(docs/slots.md); C(console_tail) holds the last lines of
+          the guest's console log (local hypervisor only) as it ended, before the log is deleted.
+      type: dict
+      sample: {how: acpi, seconds: 4.5, reason_code: 600, reason: "600 Deadline reached"}
   sample:
     - name: hv01-slot-01
       changed: true
@@ -629,6 +684,18 @@ ARGUMENT_SPEC = {
     },
     "drain_reason": {"type": "str"},
     "force": {"type": "bool", "default": False},
+    "shutdown_timeout": {"type": "int", "default": 60},
+    "machine_features": {
+        "type": "dict",
+        "options": {
+            "enabled": {"type": "bool", "default": True},
+            "path": {"type": "str", "default": "/etc/machinefeatures"},
+            "hs06": {"type": "float"},
+            "jobslots": {"type": "int"},
+            "grace_secs": {"type": "int", "default": 60},
+        },
+    },
+    "end_reason": {"type": "int", "choices": [100, 200, 300, 400, 500, 600]},
     "start_concurrency": {"type": "int", "default": 4},
     "pool": {"type": "str", "default": "batchvirt-slots"},
     "overlay": {

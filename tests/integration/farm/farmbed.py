@@ -109,8 +109,9 @@ class Farm:
             time.sleep(2)
         raise FarmError(f"only {self.accepting()} of {want} nodes accept jobs after {timeout} s: {self.node_states()}")
 
-    def submit(self, node: str, seconds: int) -> subprocess.Popen:
-        """``sbatch --wait`` of a job sleeping ``seconds`` on ``node``: its exit code is the job's."""
+    def submit(self, node: str, seconds: int, command: str = "") -> subprocess.Popen:
+        """``sbatch --wait`` of a job sleeping ``seconds`` (or running ``command``) on ``node``:
+        its exit code is the job's."""
         return subprocess.Popen(
             [
                 "sbatch",
@@ -125,7 +126,7 @@ class Farm:
                 "-J",
                 "bvt-farm",
                 "--wrap",
-                f"sleep {seconds}",
+                command or f"sleep {seconds}",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

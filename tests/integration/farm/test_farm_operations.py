@@ -6,10 +6,12 @@ inventory = the batchvirt.farm.slots plugin file, extra vars), and the tests rea
 from __future__ import annotations
 
 import os
+import shlex
 import time
 
 import pytest
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import parse_time
 from tests.integration.farm import farmbed
 
 pytestmark = pytest.mark.slow
@@ -145,6 +147,20 @@ def test_recycle_replaces_only_the_expired_slot(farm):
     assert again.rc == 0, again.stdout[-4000:]
     assert not again.changed, again.changed_tasks()
     assert farm.metadata() == after
+
+
+def test_jobs_read_the_slot_deadline_in_machinefeatures(farm):
+    """HEPiX MJF from the VM's creation: a job (login shell, as pilots start) on each node finds
+    $MACHINEFEATURES/shutdowntime equal to the slot's deadline; the job's exit code says so."""
+    for name, meta in sorted(farm.metadata().items()):
+        deadline = int(parse_time(meta["deadline"], "deadline").timestamp())
+        check = (
+            f'test "$MACHINEFEATURES" = /etc/machinefeatures && test "$(cat "$MACHINEFEATURES/shutdowntime")" = {deadline}'
+            ' && test "$(cat "$MACHINEFEATURES/total_cpu")" -ge 1 && test ! -e "$MACHINEFEATURES/hs06"'
+        )
+        job = farm.submit(name, 0, command=f"bash -lc {shlex.quote(check)}")
+        _out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, (name, deadline, err)
 
 
 # -- one operation owns a slot at a time ---------------------------------------------------
@@ -353,3 +369,23 @@ def test_a_killed_rolling_update_holds_the_farm_until_its_lock_expires(farm):
         conn.close()
     farmbed.slurm("scontrol", "update", f"nodename={claimed}", "state=resume", check=False)
     farm.wait_accepting(timeout=300)
+
+
+def test_removing_a_slot_shuts_its_guest_down_by_acpi_first(farm):
+    """Keep this test last: it removes one slot for good (the session teardown removes the rest).
+    The Debian worker runs systemd, which powers off on the ACPI power button: its shutdown is in
+    the console log the module read before it deleted the log, and nothing was destroyed."""
+    name = sorted(farm.metadata())[-1]
+    entry = [e for e in farm.slot_entries() if e["name"] == name]
+    result = farmbed.run_playbook(
+        os.path.join(farmbed.PLAYBOOKS, "slots.yml"),
+        extravars=dict(farm.extravars, bvt_slots=entry, bvt_state="absent", bvt_force=True),
+    )
+    assert result.rc == 0, result.stdout[-4000:]
+    end = result.results("Create and start the slots")[0]["slots"][0]["end"]
+    assert end["how"] == "acpi", end
+    assert end["seconds"] < 60, end
+    assert end["reason_code"] == 100, end  # removed with force while it ran: as requested
+    console = "\n".join(end["console_tail"])
+    assert "Power-Off" in console or "reboot: Power down" in console, console
+    assert name not in farm.metadata()

@@ -179,6 +179,9 @@ def test_a_withdrawn_image_is_never_deployed_again(
 
 
 def _absent(capsys, name):
-    with patch_module_args({"name": name, "state": "absent", "force": True}), pytest.raises(SystemExit):
+    with (
+        patch_module_args({"name": name, "state": "absent", "force": True, "shutdown_timeout": 0}),
+        pytest.raises(SystemExit),
+    ):
         slot_module.main()
     return json.loads(capsys.readouterr().out)

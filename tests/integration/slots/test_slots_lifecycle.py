@@ -81,9 +81,19 @@ def test_lifecycle_with_injected_clock(testbed, libvirt_conn, guest, slots_pool,
     assert call(capsys, monkeypatch, now=T0 + datetime.timedelta(hours=4, minutes=5), name=name, state="absent")[
         "failed"
     ]
-    gone = call(capsys, monkeypatch, now=T0 + datetime.timedelta(hours=4, minutes=11), name=name, state="absent")
+    # past the deadline: the busybox guest has no ACPI handler, so it is destroyed after the grace
+    gone = call(
+        capsys,
+        monkeypatch,
+        now=T0 + datetime.timedelta(hours=4, minutes=11),
+        name=name,
+        state="absent",
+        shutdown_timeout=3,
+    )
     assert gone["changed"], gone
     assert gone["lifecycle_before"] == "expired"
+    assert gone["end"]["how"] == "destroyed" and gone["end"]["seconds"] >= 3, gone["end"]
+    assert gone["end"]["reason_code"] == 600 and gone["end"]["reason"] == "600 Deadline reached"
     assert name not in {d.name() for d in libvirt_conn.listAllDomains(0)}
     assert not slot_files(name)
     assert not call(capsys, monkeypatch, name=name, state="absent")["changed"]
@@ -99,8 +109,9 @@ def test_absent_force_and_present(testbed, libvirt_conn, guest, slots_pool, caps
     running = call(capsys, monkeypatch, **dict(args, state="running"))
     assert running["actions"] == ["start"]
     assert call(capsys, monkeypatch, name=name, state="absent")["failed"]  # provisioning
-    forced = call(capsys, monkeypatch, name=name, state="absent", force=True)
+    forced = call(capsys, monkeypatch, name=name, state="absent", force=True, shutdown_timeout=0, end_reason=400)
     assert forced["changed"] and not slot_files(name)
+    assert forced["end"] == {"how": "destroyed", "seconds": 0, "reason_code": 400, "reason": "400 Failed to start"}
 
 
 @pytest.mark.parametrize(
