@@ -29,24 +29,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import yaml
+
 CACHE_DIR = os.environ.get("BVT_HV_ROOTFS_CACHE", "/var/cache/batchvirt-test/hvroot")
 MIRROR = os.environ.get("BVT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
 # what a bare Debian hypervisor gets before the hypervisor role runs: SSH, Python for Ansible,
-# and the role's packages (so the role finds them installed: no apt run against the mirror
-# from inside the bed; the role's install path is covered where apt is real, molecule)
-PACKAGES = [
-    "openssh-server",
-    "python3",
-    "python3-libvirt",
-    "libvirt-daemon-system",
-    "libvirt-daemon-system-sysv",
-    "libvirt-clients",
-    "qemu-system-x86",
-    "qemu-utils",
-    "iproute2",
-    "xorriso",
-]
+# and the role's own packages, read from the role (so the role finds them installed: no apt run
+# against the mirror from inside the bed, and a package the role adds can never be missing here;
+# the role's install path is covered where apt is real, molecule)
+_ROLE_VARS = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "hypervisor", "vars", "Debian.yml")
+
+
+def _role_packages() -> List[str]:
+    with open(_ROLE_VARS, encoding="utf-8") as fh:
+        role = yaml.safe_load(fh)
+    return list(role["__farm_hypervisor_packages"]) + list(role["__farm_hypervisor_sysv_packages"])
+
+
+PACKAGES = ["openssh-server", "python3", *_role_packages(), "iproute2", "xorriso"]
 # bump when the post-debootstrap configuration below changes
 LAYOUT = "1"
 NET_PREFIX = "198.18"
