@@ -30,7 +30,7 @@ ROUNDS = 20
 PRUNE = """
 import json, sys
 import libvirt
-from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import run_image
+from ansible_collections.batchvirt.farm.plugins.module_utils._image_module import run_image
 conn = libvirt.open("qemu:///system")
 print("ready", flush=True)
 sys.stdin.readline()  # the test says go: both sides start from warm interpreters
