@@ -95,9 +95,10 @@ def resolve_image(spec: Dict[str, Any]) -> ImageSource:
             if version == "latest":  # the newest ready version of the image on this hypervisor
                 record = cache.latest(identifier)
                 version = record.version if record is not None else version
-            else:  # a pinned version, still only one that may be deployed (never a withdrawn one)
-                cache.resolve(identifier, version, staged=True)
+            else:  # a pinned version: if it is staged, still only one that may be deployed (never withdrawn)
                 record = cache.get(identifier, version)
+                if record is not None and record.state == "ready":
+                    cache.resolve(identifier, version, staged=True)
         except ImageCacheError as exc:
             raise SlotError(f"image {identifier} {version}: {exc}", "image") from None
         finally:
