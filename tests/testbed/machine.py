@@ -75,6 +75,27 @@ def diff(before: Dict[str, object], after: Dict[str, object]) -> List[str]:
     return out
 
 
+# The shared daemons other test areas rely on once a session fixture has started them (libvirtd
+# and virtlogd from the hypervisor role, munge from the Slurm fixtures), with their init scripts.
+SHARED_DAEMONS = {"libvirtd": "libvirtd", "virtlogd": "virtlogd", "munged": "munge"}
+
+
+def shared_daemons_running() -> Dict[str, bool]:
+    return {name: _running(f"^/usr/sbin/{name}( |$)") for name in SHARED_DAEMONS}
+
+
+def restart_shared_daemons(running_before: Dict[str, bool]) -> List[str]:
+    """Start again the shared daemons that ran before a teardown stopped them (virtlogd before
+    libvirtd); return the names started. A teardown that puts the machine back as it was before
+    the demo also stops daemons that a session fixture started later for the tests after it."""
+    started = []
+    for name in ("virtlogd", "libvirtd", "munged"):
+        if running_before.get(name) and not _running(f"^/usr/sbin/{name}( |$)"):
+            subprocess.run(["service", SHARED_DAEMONS[name], "start"], capture_output=True, check=False)
+            started.append(name)
+    return started
+
+
 def system_slurm_answers() -> bool:
     """The machine's own controller (the service reading /etc/slurm/slurm.conf) answers."""
     if not os.path.exists(SYSTEM_SLURM_CONF):
