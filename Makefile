@@ -83,7 +83,7 @@ build: venv $(GI_VENV)/.stamp ## ansible-galaxy collection build, install into b
 	scripts/galaxy-importer.sh build/dist/batchvirt-farm-*.tar.gz
 
 integration: venv link ## integration tests against real daemons (libvirtd, Slurm, HTTP, tracker)
-	$(BIN)/pytest tests/integration -v --timeout=1800 -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest tests/integration -v --timeout=1800 -p no:cacheprovider --durations=40 $(PYTEST_ARGS)
 
 molecule: venv link ## every molecule scenario under extensions/molecule/
 	scripts/molecule.sh
