@@ -10,7 +10,7 @@ farm-wide profile. Documentation: ``worker_slot_profile.yml`` next to this file.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ansible.errors import AnsibleFilterError
 
@@ -72,6 +72,42 @@ def worker_slot_profile(
     return out
 
 
+def worker_layout_mix(mix: Any, worker_types: Any) -> List[Dict[str, Any]]:
+    """``[{worker_type, count}]`` as the slot module's ``layout.mix``, sizes and images from the declarations."""
+    if not mix:
+        return []
+    if isinstance(mix, (str, bytes)) or not isinstance(mix, Sequence):
+        raise AnsibleFilterError(f"farm_vm_slots_mix: a list of {{worker_type, count}}, got {mix!r}")
+    try:
+        types = {wt.name: wt for wt in parse_worker_types(worker_types, "farm_worker_types")}
+    except WorkerTypeError as exc:
+        raise AnsibleFilterError(f"farm_vm_slots_mix needs the declared worker types: {exc}") from None
+    out = []
+    for i, part in enumerate(mix):
+        name = part.get("worker_type") if isinstance(part, Mapping) else None
+        if name not in types:
+            raise AnsibleFilterError(
+                f"farm_vm_slots_mix[{i}].worker_type: {name!r} is not declared in farm_worker_types "
+                f"({', '.join(sorted(types))})"
+            )
+        wt = types[name]
+        out.append(
+            {
+                "worker_type": wt.name,
+                "count": str(part.get("count", "auto")),
+                "vcpus": wt.vcpus,
+                "memory_mib": wt.memory_mib,
+                "disk_size_gib": wt.disk_gib,
+                "image": {
+                    "identifier": wt.image,
+                    "version": "latest" if wt.image_version == NEWEST else wt.image_version,
+                },
+                "features": list(wt.features),
+            }
+        )
+    return out
+
+
 class FilterModule:
     def filters(self) -> Dict[str, Callable[..., Any]]:
-        return {"worker_slot_profile": worker_slot_profile}
+        return {"worker_slot_profile": worker_slot_profile, "worker_layout_mix": worker_layout_mix}

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ansible_collections.batchvirt.farm.plugins.module_utils._capacity import CapacityError, HostCapacity
+from ansible_collections.batchvirt.farm.plugins.module_utils._capacity import CapacityError, DomainUsage, HostCapacity
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time
 
@@ -69,6 +69,49 @@ def without_slots(host: HostCapacity, hypervisor: str) -> HostCapacity:
     """``host`` without the domains named ``<hypervisor>-slot-*`` (the layout's own)."""
     prefix = hypervisor + "-slot-"
     return replace(host, domains=tuple(d for d in host.domains if not d.name.startswith(prefix)))
+
+
+@dataclass(frozen=True)
+class MixPart:
+    """One worker type's share of a hypervisor's layout: how many slots and what each takes."""
+
+    worker_type: str
+    count: int
+    vcpus: int
+    memory_mib: int
+
+
+def plan_mix(host: HostCapacity, mix: Sequence[Dict[str, Any]], overcommit_cpu: float = 1.0) -> List[MixPart]:
+    """The slot count of each part of ``layout.mix``, in order, within the host's capacity.
+
+    Each part takes its count from what the parts before it left (``auto``: as many as fit,
+    so an ``auto`` part usually comes last); an explicit count that does not fit fails naming
+    ``mix[i].count``. ``host`` must not count the layout's own slots (:func:`without_slots`).
+    """
+    parts: List[MixPart] = []
+    seen: Dict[str, int] = {}
+    for i, raw in enumerate(mix):
+        where = f"mix[{i}]"
+        name = str(raw.get("worker_type") or "").strip()
+        if not name:
+            raise LayoutError(f"{where}.worker_type: give the worker type of these slots", where + ".worker_type")
+        if name in seen:
+            raise LayoutError(
+                f"{where}.worker_type: {name!r} is already mix[{seen[name]}]; give each type once",
+                where + ".worker_type",
+            )
+        seen[name] = i
+        vcpus, memory = int(raw["vcpus"]), int(raw["memory_mib"])
+        try:
+            count = plan_count(host, raw.get("count", "auto"), vcpus, memory, overcommit_cpu)
+        except LayoutError as exc:
+            raise LayoutError(f"{where} ({name}): {exc}", f"{where}.{exc.option}") from None
+        parts.append(MixPart(name, count, vcpus, memory))
+        planned = tuple(
+            DomainUsage(name=f"(planned {name} {n})", memory_mib=memory, vcpus=vcpus, active=True) for n in range(count)
+        )
+        host = replace(host, domains=host.domains + planned)
+    return parts
 
 
 def _ip(value: int) -> Any:

@@ -26,9 +26,11 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._slot_image import 
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_layout import (
     AddressPool,
     LayoutError,
+    MixPart,
     check_unique,
     layout,
     plan_count,
+    plan_mix,
     without_slots,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import (
@@ -98,13 +100,17 @@ def layout_entries(params: Dict[str, Any], host: Any, block: Optional[int] = Non
     hypervisor = params["hypervisor"]
     if host is None:
         raise SlotError("layout needs the host's capacity", "layout")
-    count = plan_count(
-        without_slots(host, hypervisor),
-        spec.get("count", "auto"),
-        params["vcpus"],
-        params["memory_mib"],
-        spec.get("overcommit_cpu") or 1.0,
-    )
+    mix = mix_parts(params, without_slots(host, hypervisor))
+    if mix is not None:
+        count = sum(part.count for part in mix)
+    else:
+        count = plan_count(
+            without_slots(host, hypervisor),
+            spec.get("count", "auto"),
+            params["vcpus"],
+            params["memory_mib"],
+            spec.get("overcommit_cpu") or 1.0,
+        )
     pool = AddressPool.from_spec(spec["address_pool"]) if spec.get("address_pool") else None
     table = layout(
         hypervisor,
@@ -126,7 +132,41 @@ def layout_entries(params: Dict[str, Any], host: Any, block: Optional[int] = Non
         if "ssh_port" in row:
             network["ssh_port"] = row["ssh_port"]
         entries.append({"name": row["name"], "network": network})
+    if mix is not None:
+        # slots 1..n1 are the first part's type, the next n2 the second's, ...
+        kinds = [params["layout"]["mix"][i] for i, part in enumerate(mix) for _n in range(part.count)]
+        for entry, kind in zip(entries, kinds):
+            entry.update(_mix_entry(params, kind))
     return entries
+
+
+def mix_parts(params: Dict[str, Any], host: Any) -> Optional[List[MixPart]]:
+    """``layout.mix`` planned on ``host`` (None without a mix); each part's size defaults to the module's."""
+    spec = params["layout"]
+    if not spec.get("mix"):
+        return None
+    if str(spec.get("count", "auto")) != "auto":
+        raise LayoutError("give layout.count or layout.mix (a count per worker type), not both", "count")
+    sized = [
+        dict(
+            part, vcpus=part.get("vcpus") or params["vcpus"], memory_mib=part.get("memory_mib") or params["memory_mib"]
+        )
+        for part in spec["mix"]
+    ]
+    return plan_mix(host, sized, spec.get("overcommit_cpu") or 1.0)
+
+
+def _mix_entry(params: Dict[str, Any], kind: Dict[str, Any]) -> Dict[str, Any]:
+    """What a slot of one mix part sets for itself: type, size, image and batch features."""
+    entry: Dict[str, Any] = {"worker_type": kind["worker_type"]}
+    for key in ("vcpus", "memory_mib", "disk_size_gib"):
+        if kind.get(key):
+            entry[key] = kind[key]
+    if kind.get("image"):
+        entry["image"] = dict(params.get("image") or {}, **{k: v for k, v in kind["image"].items() if v is not None})
+    if kind.get("features") is not None:
+        entry["batch"] = {"features": list(kind["features"])}
+    return entry
 
 
 # -- the plan -----------------------------------------------------------------------------

@@ -161,6 +161,40 @@ options:
         description: vCPUs per usable host CPU.
         type: float
         default: 1.0
+      mix:
+        description:
+          - A mix of worker types on this hypervisor instead of one O(layout.count) of one size. The parts
+            take the slot numbers in order (the first part's slots are C(-slot-01) on), each planned within
+            what the parts before it left of the host's capacity.
+          - Changing a mix on a running farm re-types nothing in place: a slot whose type, size or image
+            differs keeps its definition until it is re-created (recycling does that with its own type).
+        type: list
+        elements: dict
+        suboptions:
+          worker_type:
+            description: The worker type of these slots (recorded in their metadata).
+            type: str
+            required: true
+          count:
+            description: How many slots of the type, or V(auto) for as many as fit in what is left.
+            type: str
+            default: auto
+          vcpus:
+            description: vCPUs of each slot of the type (default O(vcpus)).
+            type: int
+          memory_mib:
+            description: Memory of each slot of the type (default O(memory_mib)).
+            type: int
+          disk_size_gib:
+            description: Overlay size of each slot of the type (default O(disk_size_gib)).
+            type: int
+          image:
+            description: The staged image of the type (C(identifier), C(version)); default O(image).
+            type: dict
+          features:
+            description: The batch features of the type's slots (replace O(batch.features)); put the type's name first.
+            type: list
+            elements: str
   state:
     description:
       - V(present) the slot is defined (not started); V(running) defined and running (a stopped slot is started,
@@ -617,6 +651,19 @@ ARGUMENT_SPEC = {
             "reserved_cpus": {"type": "int"},
             "qemu_overhead_mib": {"type": "int"},
             "overcommit_cpu": {"type": "float", "default": 1.0},
+            "mix": {
+                "type": "list",
+                "elements": "dict",
+                "options": {
+                    "worker_type": {"type": "str", "required": True},
+                    "count": {"type": "str", "default": "auto"},
+                    "vcpus": {"type": "int"},
+                    "memory_mib": {"type": "int"},
+                    "disk_size_gib": {"type": "int"},
+                    "image": {"type": "dict"},
+                    "features": {"type": "list", "elements": "str"},
+                },
+            },
         },
     },
     "state": {"type": "str", "choices": ["present", "running", "draining", "absent"], "default": "running"},

@@ -74,3 +74,32 @@ def test_a_bad_declaration_names_the_field():
     bad = [dict(TYPES[0], vcpus="many")]
     with pytest.raises(AnsibleFilterError, match=r"farm_worker_types\[0\]\.vcpus"):
         worker_slot_profile(PROFILE, bad, "el9", {"identifier": "x"}, BATCH)
+
+
+def test_a_hypervisors_mix_gets_each_types_size_image_and_features():
+    from ansible_collections.batchvirt.farm.plugins.filter.worker_types import worker_layout_mix
+
+    mix = worker_layout_mix([{"worker_type": "gpu", "count": 1}, {"worker_type": "el9"}], TYPES)
+    assert mix == [
+        {
+            "worker_type": "gpu",
+            "count": "1",
+            "vcpus": 8,
+            "memory_mib": 16384,
+            "disk_size_gib": 20,
+            "image": {"identifier": "worker-gpu", "version": "2026.11.30"},
+            "features": ["gpu", "cuda"],
+        },
+        {
+            "worker_type": "el9",
+            "count": "auto",
+            "vcpus": 4,
+            "memory_mib": 8192,
+            "disk_size_gib": 40,
+            "image": {"identifier": "worker-el9", "version": "latest"},
+            "features": ["el9"],
+        },
+    ]
+    assert worker_layout_mix([], TYPES) == []
+    with pytest.raises(AnsibleFilterError, match=r"farm_vm_slots_mix\[1\]\.worker_type: 'arm' is not declared"):
+        worker_layout_mix([{"worker_type": "el9"}, {"worker_type": "arm"}], TYPES)

@@ -93,3 +93,79 @@ def test_image_virtual_size(tmp_path):
     with pytest.raises(SlotError) as err:
         image_virtual_size(str(raw), "qcow2")
     assert "is not a qcow2 file (bad header): give image.format" in str(err.value)
+
+
+def _mix_params(mix, **layout):
+    return dict(
+        BASE,
+        image={"identifier": "worker-el9", "version": "latest", "cache_root": "/var/lib/batchvirt/images"},
+        layout=dict({"count": "auto", "index": 0, "stride": 8, "ssh_port_base": 10022, "mix": mix}, **layout),
+    )
+
+
+def test_layout_mix_lays_out_each_type_in_order_within_what_is_left():
+    # 8 CPUs and 16 GiB, 1 CPU and 2 GiB kept for the host, 200 MiB QEMU overhead per VM
+    host = host_capacity(cpus=8, memory_mib=16384, qemu_overhead_mib=200)
+    mix = [
+        {
+            "worker_type": "gpu",
+            "count": "1",
+            "vcpus": 4,
+            "memory_mib": 8192,
+            "image": {"identifier": "worker-gpu"},
+            "features": ["gpu", "cuda"],
+        },
+        {"worker_type": "el9", "count": "auto", "vcpus": 1, "memory_mib": 1024, "features": ["el9"]},
+    ]
+    reqs = expand_requests(_mix_params(mix), host)
+    # the gpu slot leaves 3 CPUs and 5,944 MiB: three 1-CPU el9 slots fit (by CPU)
+    assert [(r["name"], r["worker_type"], r["vcpus"], r["memory_mib"]) for r in reqs] == [
+        ("hv1-slot-01", "gpu", 4, 8192),
+        ("hv1-slot-02", "el9", 1, 1024),
+        ("hv1-slot-03", "el9", 1, 1024),
+        ("hv1-slot-04", "el9", 1, 1024),
+    ]
+    assert reqs[0]["image"] == {
+        "identifier": "worker-gpu",
+        "version": "latest",
+        "cache_root": "/var/lib/batchvirt/images",
+    }
+    assert reqs[1]["image"]["identifier"] == "worker-el9"
+    assert reqs[0]["batch"] == {"system": "slurm", "controller": "ctl", "features": ["gpu", "cuda"]}
+    assert reqs[3]["network"]["ssh_port"] == 10025
+
+
+def test_layout_mix_part_without_a_size_takes_the_module_size():
+    host = host_capacity(cpus=8, memory_mib=16384, qemu_overhead_mib=200)
+    reqs = expand_requests(_mix_params([{"worker_type": "el9", "count": "2"}]), host)
+    assert [(r["vcpus"], r["memory_mib"], r["worker_type"]) for r in reqs] == [(1, 2048, "el9")] * 2
+
+
+@pytest.mark.parametrize(
+    ("mix", "layout", "option", "message"),
+    [
+        (
+            [
+                {"worker_type": "gpu", "count": "1", "vcpus": 4, "memory_mib": 8192},
+                {"worker_type": "el9", "count": "4", "vcpus": 1, "memory_mib": 1024},
+            ],
+            {},
+            "mix[1].count",
+            "mix[1] (el9): count=4 does not fit",
+        ),
+        (
+            [{"worker_type": "el9", "count": "1"}, {"worker_type": "el9", "count": "1"}],
+            {},
+            "mix[1].worker_type",
+            "'el9' is already mix[0]",
+        ),
+        ([{"worker_type": "", "count": "1"}], {}, "mix[0].worker_type", "give the worker type"),
+        ([{"worker_type": "el9", "count": "1"}], {"count": "3"}, "count", "not both"),
+    ],
+)
+def test_layout_mix_that_cannot_be_laid_out_names_the_part(mix, layout, option, message):
+    host = host_capacity(cpus=8, memory_mib=16384, qemu_overhead_mib=200)
+    with pytest.raises(LayoutError) as err:
+        expand_requests(_mix_params(mix, **layout), host)
+    assert err.value.option == option
+    assert message in str(err.value)
