@@ -166,7 +166,7 @@ options:
           - A mix of worker types on this hypervisor instead of one O(layout.count) of one size. The parts
             take the slot numbers in order (the first part's slots are C(-slot-01) on), each planned within
             what the parts before it left of the host's capacity.
-          - Changing a mix on a running farm re-types nothing in place: a slot whose type, size or image
+          - Changing a mix on a running farm re-types nothing in place. A slot whose type, size or image
             differs keeps its definition until it is re-created (recycling does that with its own type).
         type: list
         elements: dict
