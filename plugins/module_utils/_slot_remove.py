@@ -5,7 +5,8 @@
 A drain request is recorded in the slot's metadata. Removal refuses a slot that may still
 run jobs (unless ``force``), then removes the domain, its overlay and its seed ISO. The
 volumes are found and deleted through libvirt's storage API, so a remote ``uri`` removes
-them on the hypervisor, not on the machine running the module.
+them on the hypervisor, not on the machine running the module; the console log (outside the
+pools) through a transient pool over its directory.
 """
 
 from __future__ import annotations
@@ -67,9 +68,16 @@ def drain(host: SlotHost, requests: Sequence[Dict[str, Any]], reason: str) -> Li
     return results
 
 
+TAIL_BYTES = 4096
+
+
 def console_tail(path: str, lines: int = 15) -> List[str]:
     """The last non-empty lines of a slot's console log (what the guest said as it ended)."""
-    text = tail(path, 4096).replace("\r", "")
+    return tail_lines(tail(path, TAIL_BYTES), lines)
+
+
+def tail_lines(text: str, lines: int = 15) -> List[str]:
+    text = text.replace("\r", "")
     return [line for line in text.split("\n") if line.strip()][-lines:]
 
 
@@ -126,8 +134,15 @@ def remove(
         if name in ends and host.local and not host.check_mode:
             result.result["end"]["console_tail"] = console_tail(log)
         _remove_volumes(host, req, name, result, lvm=dom is not None)
-        if host.local and os.path.exists(log) and not host.check_mode:
-            os.unlink(log)
+        if host.check_mode:
+            pass
+        elif host.local:
+            if os.path.exists(log):
+                os.unlink(log)
+        else:  # the console log is on the hypervisor: read its tail and delete it through libvirt
+            _found, data = host.remove_remote_file(log, TAIL_BYTES if name in ends else 0)
+            if name in ends:
+                result.result["end"]["console_tail"] = tail_lines(data.decode("utf-8", "replace"))
         result.changed = bool(result.actions)
         if result.changed and host.diff_mode and dom is not None:
             result.diff = {"before_header": name, "after_header": f"{name} (absent)", "before": before_xml, "after": ""}
