@@ -49,6 +49,10 @@ PLAY = """
           node_name: "{{ bvt_name }}"
           controller: 198.18.1.1
           munge_key: "%s"
+
+    - name: Hypervisor info
+      batchvirt.farm.hypervisor_info:
+      when: bvt_info | default(false)
 """ % (IMAGE, MUNGE_KEY)
 
 
@@ -97,16 +101,19 @@ def _inventory(bed: HypervisorBed) -> Dict[str, Any]:
     return inventory
 
 
-def _slot(bed: HypervisorBed, tmp_path, target: str, name: str, state: str, uri: str = "") -> Dict[str, Any]:
+def _play(bed: HypervisorBed, tmp_path, target: str, name: str, state: str, uri: str = "", info: bool = False):  # type: ignore[no-untyped-def]
     play = tmp_path / "slot.yml"
     play.write_text(PLAY)
-    extravars = {"bvt_target": target, "bvt_name": name, "bvt_state": state}
+    extravars: Dict[str, Any] = {"bvt_target": target, "bvt_name": name, "bvt_state": state, "bvt_info": info}
     if uri:
         extravars["bvt_uri"] = uri
     run: PlaybookResult = run_playbook(str(play), inventory=_inventory(bed), extravars=extravars, timeout=600)
-    results = run.results("Slot")
-    assert run.rc == 0 and len(results) == 1, run.stdout[-4000:]
-    return results[0]
+    assert run.rc == 0 and len(run.results("Slot")) == 1, run.stdout[-4000:]
+    return run
+
+
+def _slot(bed: HypervisorBed, tmp_path, target: str, name: str, state: str, uri: str = "") -> Dict[str, Any]:
+    return _play(bed, tmp_path, target, name, state, uri).results("Slot")[0]
 
 
 def _check_seed(hv: Hypervisor, name: str) -> None:
@@ -131,8 +138,18 @@ def _both_ways(bed: HypervisorBed, hv: Hypervisor, tmp_path, target: str, uri: s
     info = json.loads(hv.exec("qemu-img", "info", "-U", "--output=json", f"{SLOTS}/{name}.qcow2").stdout)
     assert info["backing-filename"] == IMAGE
 
-    again = _slot(bed, tmp_path, target, name, "running", uri)
+    # the rerun changes nothing; on the hypervisor, hypervisor_info (it has no uri: it reads the
+    # role's record /etc/batchvirt/hypervisor.json where it runs) sees the slot and the record
+    run = _play(bed, tmp_path, target, name, "running", uri, info=not uri)
+    again = run.results("Slot")[0]
     assert not again["changed"], again
+    if not uri:
+        info = run.results("Hypervisor info")[0]
+        assert info["hostname"] == hv.name
+        assert info["reservation"]["memory_mib"] == 512, info["reservation"]
+        assert name in [s["name"] for s in info["slots"]], info["slots"]
+        pools = {p["name"]: p["path"] for p in info["pools"]}
+        assert pools.get("batchvirt-slots") == SLOTS, info["pools"]
 
     gone = _slot(bed, tmp_path, target, name, "absent", uri)
     TIMINGS[step] = round(time.monotonic() - start, 1)
