@@ -280,23 +280,20 @@ class SlotHost:
         stream.finish()
         return b"".join(chunks)
 
-    def remove_remote_file(self, path: str, tail_bytes: int = 0) -> Tuple[bool, bytes]:
-        """Delete a file on the hypervisor through a transient pool over its directory (with a
-        remote ``uri``); return whether it existed and, with ``tail_bytes``, its last bytes."""
-        with self.directory_pool(os.path.dirname(path)) as pool:
-            if pool is None:
-                return False, b""
-            vol = self.volume(pool, os.path.basename(path))
-            if vol is None:
-                return False, b""
-            tail = b""
-            if tail_bytes:
-                try:
-                    tail = self.download(vol, tail_bytes)
-                except libvirt.libvirtError as exc:
-                    self.warnings.append(f"{path} on the hypervisor could not be read: {exc}")
-            vol.delete(0)
-            return True, tail
+    def remove_pool_file(self, pool: Optional[Any], name: str, tail_bytes: int = 0) -> bytes:
+        """Delete the file ``name`` of ``pool`` (a :meth:`directory_pool`, None when libvirt
+        refused one) on the hypervisor; with ``tail_bytes``, return its last bytes."""
+        vol = self.volume(pool, name) if pool is not None else None
+        if vol is None:
+            return b""
+        tail = b""
+        if tail_bytes:
+            try:
+                tail = self.download(vol, tail_bytes)
+            except libvirt.libvirtError as exc:
+                self.warnings.append(f"{name} on the hypervisor could not be read: {exc}")
+        vol.delete(0)
+        return tail
 
     def batch_views(self, metas: List[SlotMetadata]) -> Dict[str, BatchView]:
         """One bulk query of the batch system for the given slots (none configured: {})."""
