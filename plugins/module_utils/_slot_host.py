@@ -9,11 +9,14 @@ the plan, create, repair and remove steps are functions of a host and a plan.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from xml.sax.saxutils import escape
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import (
@@ -191,6 +194,106 @@ class SlotHost:
             os.unlink(path)
             return True
         return False
+
+    # -- files on a remote hypervisor ---------------------------------------------------
+    def remote_image(self, spec: Dict[str, Any]) -> Optional[Any]:
+        """With a remote ``uri``, ``image.path`` as a volume of a storage pool on the hypervisor
+        (an ``_slot_image.ImageSource``); None when the module runs on the hypervisor or gives no
+        path (the image is then resolved on this machine, as before)."""
+        path = (spec or {}).get("path") or ""
+        if self.local or not path:
+            return None
+        from ansible_collections.batchvirt.farm.plugins.module_utils._slot_image import ImageSource
+
+        vol = self._volume_by_path(path)
+        if vol is None:
+            if os.path.isfile(path):  # a "remote" URI to this very machine (qemu+unix://, ...)
+                return None
+            raise SlotError(
+                f"image.path {path} is not a volume of an active storage pool on the hypervisor: with a remote "
+                "uri the image must be in one of its pools (such as batchvirt-images, where "
+                "batchvirt.farm.image stages it), or run the module on the hypervisor",
+                "image.path",
+            )
+        target = ET.fromstring(vol.XMLDesc(0)).find("./target/format")
+        fmt = spec.get("format") or (target.get("type") if target is not None else "") or "raw"
+        base = os.path.basename(path)
+        return ImageSource(
+            identifier=spec.get("identifier") or base.split(".")[0] or base,
+            version=spec.get("version") or "local",
+            path=path,
+            format=fmt,
+            sha512=spec.get("sha512") or "",
+            virtual_size=int(vol.info()[1]),  # capacity: the qcow2's virtual size, a raw file's size
+        )
+
+    def _volume_by_path(self, path: str) -> Optional[Any]:
+        try:
+            return self.conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError:
+            pass
+        # staged since the pool was last refreshed: refresh the pools of its directory, once
+        directory = os.path.dirname(path)
+        for pool in self.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+            if ET.fromstring(pool.XMLDesc(0)).findtext("./target/path") == directory:
+                self.refresh(pool)
+        try:
+            return self.conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError:
+            return None
+
+    @contextlib.contextmanager
+    def directory_pool(self, directory: str) -> Iterator[Optional[Any]]:
+        """A transient storage pool over ``directory`` on the hypervisor, so that a file outside
+        the slot pools (a console log) can be read and deleted through libvirt; None (with a
+        warning) when libvirt refuses one."""
+        xml = "<pool type='dir'><name>batchvirt-tmp-%s</name><target><path>%s</path></target></pool>" % (
+            uuid.uuid4().hex[:12],
+            escape(directory),
+        )
+        try:
+            pool = self.conn.storagePoolCreateXML(xml, 0)
+        except libvirt.libvirtError as exc:
+            self.warnings.append(f"{directory} on the hypervisor could not be reached through libvirt: {exc}")
+            pool = None
+        try:
+            yield pool
+        finally:
+            if pool is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    pool.destroy()  # a transient pool: stopping it removes it, not the directory
+
+    def download(self, vol: Any, max_bytes: int) -> bytes:
+        """The last ``max_bytes`` of a volume on the hypervisor."""
+        size = int(vol.info()[1])
+        offset = max(0, size - max_bytes)
+        if size <= offset:
+            return b""
+        stream = self.conn.newStream(0)
+        vol.download(stream, offset, size - offset, 0)
+        chunks: List[bytes] = []
+        while True:
+            data = stream.recv(65536)
+            if not isinstance(data, bytes) or not data:
+                break
+            chunks.append(data)
+        stream.finish()
+        return b"".join(chunks)
+
+    def remove_pool_file(self, pool: Optional[Any], name: str, tail_bytes: int = 0) -> bytes:
+        """Delete the file ``name`` of ``pool`` (a :meth:`directory_pool`, None when libvirt
+        refused one) on the hypervisor; with ``tail_bytes``, return its last bytes."""
+        vol = self.volume(pool, name) if pool is not None else None
+        if vol is None:
+            return b""
+        tail = b""
+        if tail_bytes:
+            try:
+                tail = self.download(vol, tail_bytes)
+            except libvirt.libvirtError as exc:
+                self.warnings.append(f"{name} on the hypervisor could not be read: {exc}")
+        vol.delete(0)
+        return tail
 
     def batch_views(self, metas: List[SlotMetadata]) -> Dict[str, BatchView]:
         """One bulk query of the batch system for the given slots (none configured: {})."""

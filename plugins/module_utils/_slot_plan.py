@@ -279,7 +279,8 @@ class Planner:
     def image(self, spec: Dict[str, Any]) -> ImageSource:
         key = tuple(sorted((k, str(v)) for k, v in (spec or {}).items()))
         if key not in self._images:
-            self._images[key] = resolve_image(spec)
+            # with a remote uri, image.path is looked up in the hypervisor's pools
+            self._images[key] = self.host.remote_image(spec) or resolve_image(spec)
         return self._images[key]
 
     def plan(self, req: Dict[str, Any]) -> SlotPlan:

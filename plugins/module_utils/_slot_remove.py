@@ -5,11 +5,13 @@
 A drain request is recorded in the slot's metadata. Removal refuses a slot that may still
 run jobs (unless ``force``), then removes the domain, its overlay and its seed ISO. The
 volumes are found and deleted through libvirt's storage API, so a remote ``uri`` removes
-them on the hypervisor, not on the machine running the module.
+them on the hypervisor, not on the machine running the module; the console log (outside the
+pools) through a transient pool over its directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -67,9 +69,16 @@ def drain(host: SlotHost, requests: Sequence[Dict[str, Any]], reason: str) -> Li
     return results
 
 
+TAIL_BYTES = 4096
+
+
 def console_tail(path: str, lines: int = 15) -> List[str]:
     """The last non-empty lines of a slot's console log (what the guest said as it ended)."""
-    text = tail(path, 4096).replace("\r", "")
+    return tail_lines(tail(path, TAIL_BYTES), lines)
+
+
+def tail_lines(text: str, lines: int = 15) -> List[str]:
+    text = text.replace("\r", "")
     return [line for line in text.split("\n") if line.strip()][-lines:]
 
 
@@ -112,28 +121,49 @@ def remove(
             ends[name] = how
     elif running:
         ends = {name: {"how": "acpi" if shutdown_timeout > 0 else "destroyed", "seconds": 0} for name, _d in running}
-    results = []
-    for req, dom, meta in entries:
-        name = req["name"]
-        result = SlotResult(name)
-        before_xml = dom.XMLDesc(0) if dom is not None and host.diff_mode else ""
-        if dom is not None and meta is not None:
-            _remove_domain(host, dom, meta, states[name], result)
-            end = dict(ends.get(name) or {"how": "stopped", "seconds": 0})
-            end.update(end_reason(states[name], requested_reason))
-            result.result["end"] = end
-        log = os.path.join(CONSOLE_LOG_DIR, f"{name}-console.log")
-        if name in ends and host.local and not host.check_mode:
-            result.result["end"]["console_tail"] = console_tail(log)
-        _remove_volumes(host, req, name, result, lvm=dom is not None)
-        if host.local and os.path.exists(log) and not host.check_mode:
+    with contextlib.ExitStack() as stack:
+        logs = None  # with a remote uri: one transient pool over the console logs for the call
+        if not host.local and not host.check_mode and entries:
+            logs = stack.enter_context(host.directory_pool(CONSOLE_LOG_DIR))
+        return [_remove_one(host, entry, states, ends, requested_reason, logs) for entry in entries]
+
+
+def _remove_one(
+    host: SlotHost,
+    entry: Tuple[Dict[str, Any], Any, Optional[SlotMetadata]],
+    states: Dict[str, str],
+    ends: Dict[str, Dict[str, Any]],
+    requested_reason: Optional[int],
+    logs: Any,
+) -> SlotResult:
+    """Remove one slot checked by :func:`remove`: its domain, volumes and console log."""
+    req, dom, meta = entry
+    name = req["name"]
+    result = SlotResult(name)
+    before_xml = dom.XMLDesc(0) if dom is not None and host.diff_mode else ""
+    if dom is not None and meta is not None:
+        _remove_domain(host, dom, meta, states[name], result)
+        end = dict(ends.get(name) or {"how": "stopped", "seconds": 0})
+        end.update(end_reason(states[name], requested_reason))
+        result.result["end"] = end
+    log = os.path.join(CONSOLE_LOG_DIR, f"{name}-console.log")
+    if name in ends and host.local and not host.check_mode:
+        result.result["end"]["console_tail"] = console_tail(log)
+    _remove_volumes(host, req, name, result, lvm=dom is not None)
+    if host.check_mode:
+        pass
+    elif host.local:
+        if os.path.exists(log):
             os.unlink(log)
-        result.changed = bool(result.actions)
-        if result.changed and host.diff_mode and dom is not None:
-            result.diff = {"before_header": name, "after_header": f"{name} (absent)", "before": before_xml, "after": ""}
-        result.result.setdefault("name", name)
-        results.append(result)
-    return results
+    else:  # the console log is on the hypervisor: read its tail and delete it through libvirt
+        data = host.remove_pool_file(logs, os.path.basename(log), TAIL_BYTES if name in ends else 0)
+        if name in ends:
+            result.result["end"]["console_tail"] = tail_lines(data.decode("utf-8", "replace"))
+    result.changed = bool(result.actions)
+    if result.changed and host.diff_mode and dom is not None:
+        result.diff = {"before_header": name, "after_header": f"{name} (absent)", "before": before_xml, "after": ""}
+    result.result.setdefault("name", name)
+    return result
 
 
 def _removable_state(host: SlotHost, dom: Any, meta: SlotMetadata, view: Any, force: bool) -> str:

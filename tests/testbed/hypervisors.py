@@ -49,7 +49,7 @@ def _role_packages() -> List[str]:
 
 PACKAGES = ["openssh-server", "python3", *_role_packages(), "iproute2", "xorriso"]
 # bump when the post-debootstrap configuration below changes
-LAYOUT = "1"
+LAYOUT = "2"
 NET_PREFIX = "198.18"
 
 INIT = """#!/usr/bin/python3
@@ -73,9 +73,12 @@ UsePAM no
 HostKey /etc/ssh/ssh_host_ed25519_key
 """
 
-# no cgroups inside the bed (its /sys is read-only and has no cgroup mounts); no AppArmor
+# no cgroups inside the bed (its /sys is read-only and has no cgroup mounts); no AppArmor; no
+# private /dev per guest (libvirt's own mount namespace cannot make a PTY for the serial console
+# inside the bed's, so a guest would not start)
 QEMU_CONF = """cgroup_controllers = [ ]
 security_driver = "none"
+namespaces = [ ]
 """
 
 
