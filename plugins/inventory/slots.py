@@ -15,7 +15,9 @@ description:
     V(draining), V(drained), V(expired) and V(stopped), for AWX's C(enabled_var)), C(farm_slot) (the slot
     metadata), C(farm_hypervisor), C(farm_hypervisor_uri), C(farm_domain), C(farm_domain_state),
     C(farm_image) (C(identifier), C(version)), C(farm_drain_at), C(farm_deadline),
-    C(farm_seconds_to_drain), C(farm_batch_state) and C(farm_batch_jobs) when O(batch) is set, and
+    C(farm_seconds_to_drain), C(farm_batch_state) and C(farm_batch_jobs) when O(batch) is set,
+    C(farm_failures) (consecutive failed lives of the slot, 0 when none), C(farm_backoff_until) (only while
+    the slot is in back-off after failures, UTC ISO-8601), and
     C(ansible_host), C(ansible_port), C(ansible_user) from the slot's SSH address.
   - Groups C(farm_lifecycle_<state>) exist for every lifecycle state, even when empty; further groups
     are C(farm_hypervisor_<name>), C(farm_image_<identifier>), C(farm_image_<identifier>_<version>),
@@ -23,7 +25,8 @@ description:
     of the same hypervisor runs), C(farm_image_withdrawn) (the slot runs an image version that the
     image lists its hypervisor subscribes to withdrew, or whose entry expired; it is never deployed
     again, and a rolling update can target these slots at once) and, with O(include_foreign),
-    C(farm_foreign). Names are sanitised (every character but letters, digits and C(_) becomes C(_)).
+    C(farm_foreign), and C(farm_backoff) (always present, the slots in back-off after repeated failures, which
+    C(playbooks/recycle.yml) leaves alone until C(farm_backoff_until)). Names are sanitised (every character but letters, digits and C(_) becomes C(_)).
   - Each slot also gets C(farm_image_withdrawn) (true or false). The image cache of a hypervisor marks
     a withdrawn, still staged image with a volume C(<identifier>_<version>.withdrawn) in its pool
     (O(image_pool)); the plugin lists that pool once per hypervisor.
@@ -139,6 +142,12 @@ options:
     description: Seconds after C(created_at) during which a running slot unknown to the batch system is V(provisioning).
     type: int
     default: 900
+  health_grace:
+    description:
+      - Seconds a registered node may be reported down, not responding or failed by the batch system (since the
+        time the batch system gives) before its slot is V(failed).
+    type: int
+    default: 300
 """
 
 EXAMPLES = r"""
@@ -182,6 +191,7 @@ from ansible.utils.vars import combine_vars
 from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import (
     DomainRecord,
     HypervisorRead,
+    backoff_until,
     batch_view_from_json,
     batch_view_to_json,
     farm_now,
@@ -538,6 +548,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         state_kwargs = {
             "expiring_window": self.get_option("expiring_window"),
             "boot_grace": self.get_option("boot_grace"),
+            "health_grace": self.get_option("health_grace"),
         }
         loopback_jump = self.get_option("loopback_access") == "proxyjump"
         include_foreign = self.get_option("include_foreign")
@@ -551,6 +562,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             inventory.add_group("farm_lifecycle_" + state)
         inventory.add_group("farm_image_outdated")
         inventory.add_group("farm_image_withdrawn")
+        inventory.add_group("farm_backoff")
         if include_foreign:
             inventory.add_group("farm_foreign")
 
@@ -632,6 +644,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             inventory.add_child("farm_image_outdated", name)
         if variables.get("farm_image_withdrawn"):
             inventory.add_child("farm_image_withdrawn", name)
+        if variables.get("farm_backoff_until"):
+            inventory.add_child("farm_backoff", name)
 
     def _host_vars(
         self,
@@ -668,6 +682,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 "farm_seconds_to_drain": to_drain,
             }
         )
+        variables["farm_failures"] = int((slot.get("failures") or {}).get("consecutive") or 0)
+        until = backoff_until(slot, now)
+        if until:
+            variables["farm_backoff_until"] = until
         if view is not None:
             variables["farm_batch_state"] = view.state
             variables["farm_batch_jobs"] = view.jobs

@@ -274,6 +274,15 @@ def slot_state(
     return compute_lifecycle(times, now, record.running, batch, **kwargs), seconds_to_drain(times, now)
 
 
+def backoff_until(slot: Dict[str, Any], now: datetime.datetime) -> Optional[str]:
+    """When the slot's back-off ends (its metadata's ``failures.backoff_until``), or None when it
+    has none or it has passed: recycle.yml leaves a slot alone until then."""
+    until = (slot.get("failures") or {}).get("backoff_until")
+    if not until:
+        return None
+    return until if now < parse_time(until, "failures.until") else None
+
+
 def batch_view_to_json(view: BatchView) -> Dict[str, Any]:
     data = {"registered": view.registered, "drain": view.drain, "jobs": view.jobs, "state": view.state}
     if view.state_since is not None:

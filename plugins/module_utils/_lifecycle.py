@@ -143,3 +143,32 @@ def seconds_to_drain(times: LifecycleTimes, now: datetime.datetime) -> int:
     if times.drain_requested:
         return 0
     return max(0, int((times.drain_at - now).total_seconds()))
+
+
+# -- back-off of slots that keep failing ---------------------------------------------------------
+DEFAULT_BACKOFF_THRESHOLD = 3  # consecutive failures before recycle.yml waits
+DEFAULT_BACKOFF_BASE = 600  # seconds of the first wait
+DEFAULT_BACKOFF_MAX = 86400  # seconds: the wait never grows beyond this
+
+
+def backoff_seconds(
+    consecutive: int,
+    threshold: int = DEFAULT_BACKOFF_THRESHOLD,
+    base: float = DEFAULT_BACKOFF_BASE,
+    cap: float = DEFAULT_BACKOFF_MAX,
+) -> float:
+    """Seconds recycle.yml waits before it re-creates a slot after ``consecutive`` failed lives.
+
+    0 below ``threshold`` (re-created at once), then ``base * 2 ** (consecutive - threshold)``,
+    never more than ``cap``: 600, 1200, 2400 ... seconds with the defaults (3, 600, 86400).
+    """
+    if threshold < 1:
+        raise ValueError(f"the back-off threshold must be 1 or more, got {threshold}")
+    if base < 0 or cap < 0:
+        raise ValueError("the back-off base and maximum must be 0 or more seconds")
+    if consecutive < threshold:
+        return 0.0
+    exponent = consecutive - threshold
+    if exponent >= 64:  # 2**64 times any base is past any cap
+        return float(cap)
+    return float(min(cap, base * 2**exponent))

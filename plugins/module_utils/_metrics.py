@@ -67,6 +67,7 @@ class SlotSample:
     image_version: str
     vcpus: int = 0
     memory_mib: int = 0
+    backoff: bool = False  # held back from re-creation after repeated failures (until its back-off ends)
 
 
 @dataclass
@@ -194,6 +195,7 @@ def record_failures(state: Dict[str, Any], kind: str, count: int = 1) -> Dict[st
 def read_slots(conn: Any, hypervisor: str, now: datetime.datetime, batch: Any = None) -> Tuple[List[SlotSample], int]:
     """The slots of an open connection with their lifecycle (the inventory's model), vCPUs and memory."""
     from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import (
+        backoff_until,
         read_domains,
         slot_state,
         state_name,
@@ -220,6 +222,7 @@ def read_slots(conn: Any, hypervisor: str, now: datetime.datetime, batch: Any = 
                 image_version=slot["image"]["version"],
                 vcpus=vcpus,
                 memory_mib=memory_mib,
+                backoff=backoff_until(slot, now) is not None,
             )
         )
     samples.sort(key=lambda s: s.name)
@@ -439,10 +442,10 @@ class FarmCollector:
 
         backoff = GaugeMetricFamily(
             f"{PREFIX}_slots_in_backoff",
-            "Slots held back from re-creation after failures (always 0: the collection has no back-off yet).",
+            "Slots held back from re-creation after repeated failures (back-off not expired yet).",
             labels=["hypervisor"],
         )
-        backoff.add_metric([hv], 0)
+        backoff.add_metric([hv], sum(1 for s in snap.slots if s.backoff))
         yield backoff
 
         if snap.accounting:

@@ -25,11 +25,16 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import parse_time as _timeutil_parse_time
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Schema 2 adds who owns a drain (``<drain by= operation= until=>``). Metadata without a drain
 # owner is still written as schema 1, which every reader understands; metadata with an owner is
 # written as schema 2, which a reader of schema 1 refuses rather than ignore the ownership.
+# Schema 3 adds the failure record (``<failures consecutive= at= image= until=>reason``): the
+# consecutive failed lives of the slot and its back-off. Metadata is written with the lowest schema
+# that holds it (1, 2, or 3 only with a failure record), so a reader of schema 2 refuses only a slot
+# with a failure record (it would otherwise restart a slot in back-off), and this reader reads 1 and 2.
 BASE_SCHEMA_VERSION = 1
+DRAIN_OWNER_SCHEMA_VERSION = 2
 # Who may ask for a drain (``drain_owner``); an empty owner is a drain recorded before schema 2.
 DRAIN_OWNERS = ("rolling_update", "recycle", "rebalance", "operator")
 NAMESPACE = "http://batchvirt.farm/xmlns/slot/1"
@@ -83,6 +88,13 @@ class SlotMetadata:
     ssh_port: int = 0
     ssh_user: str = ""
     extra: Dict[str, str] = field(default_factory=dict)
+    # the failure record (schema 3): consecutive failed lives, the last one's time, image and reason,
+    # and until when recycle.yml leaves the slot alone (None: no back-off)
+    failures: int = 0
+    failure_at: Optional[datetime.datetime] = None
+    failure_image: str = ""
+    failure_reason: str = ""
+    backoff_until: Optional[datetime.datetime] = None
 
     def __post_init__(self) -> None:
         for name in ("name", "hypervisor", "image_identifier", "image_version"):
@@ -92,6 +104,8 @@ class SlotMetadata:
             raise SlotMetadataError("slot metadata: drain_at must be after created_at (lifetime > 0)", "drain_at")
         if self.deadline < self.drain_at:
             raise SlotMetadataError("slot metadata: deadline must not be before drain_at", "deadline")
+        if self.failures < 0:
+            raise SlotMetadataError("slot metadata: failures.consecutive must be 0 or more", "failures.consecutive")
 
     @property
     def node_name(self) -> str:
@@ -160,14 +174,56 @@ class SlotMetadata:
             return False
         return self.drain_until is None or now < self.drain_until
 
+    def in_backoff(self, now: datetime.datetime) -> bool:
+        """Whether recycle.yml leaves this slot alone for now (its back-off has not expired)."""
+        return self.backoff_until is not None and now < self.backoff_until
+
+    def with_failures(
+        self,
+        consecutive: int,
+        at: Optional[datetime.datetime],
+        image: str,
+        reason: str,
+        backoff_until: Optional[datetime.datetime],
+    ) -> SlotMetadata:
+        """A copy with this failure record (``consecutive=0`` clears it)."""
+        if consecutive <= 0:
+            return self.clear_failures()
+        return replace(
+            self,
+            failures=consecutive,
+            failure_at=at,
+            failure_image=image,
+            failure_reason=reason,
+            backoff_until=backoff_until,
+        )
+
+    def clear_failures(self) -> SlotMetadata:
+        """A copy without a failure record (the slot reached ``active``)."""
+        return replace(self, failures=0, failure_at=None, failure_image="", failure_reason="", backoff_until=None)
+
+    def failures_dict(self) -> Dict[str, Any]:
+        """The failure record as plain data (``consecutive`` 0 when there is none)."""
+        return {
+            "consecutive": self.failures,
+            "last_at": format_time(self.failure_at) if self.failure_at else None,
+            "image": self.failure_image,
+            "reason": self.failure_reason,
+            "backoff_until": format_time(self.backoff_until) if self.backoff_until else None,
+        }
+
     @property
     def schema(self) -> int:
-        """The schema this metadata is written with (2 only when a drain owner is recorded)."""
-        return SCHEMA_VERSION if self.drain_owner else BASE_SCHEMA_VERSION
+        """The schema this metadata is written with: the lowest that holds it (3 with a failure
+        record, 2 with a drain owner, else 1)."""
+        if self.failures:
+            return SCHEMA_VERSION
+        return DRAIN_OWNER_SCHEMA_VERSION if self.drain_owner else BASE_SCHEMA_VERSION
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain data for module results and inventory variables (times as ISO strings)."""
-        return {
+        """Plain data for module results and inventory variables (times as ISO strings); the key
+        ``failures`` only when the slot has a failure record."""
+        data: Dict[str, Any] = {
             "schema": self.schema,
             "name": self.name,
             "hypervisor": self.hypervisor,
@@ -193,6 +249,9 @@ class SlotMetadata:
             "ssh": {"host": self.ssh_host, "port": self.ssh_port, "user": self.ssh_user},
             "extra": dict(self.extra),
         }
+        if self.failures:
+            data["failures"] = self.failures_dict()
+        return data
 
 
 def plan_lifetime(
@@ -266,6 +325,16 @@ def to_xml(meta: SlotMetadata, namespaced: bool = True) -> str:
         _sub(root, "ssh", host=meta.ssh_host, port=str(meta.ssh_port or ""), user=meta.ssh_user)
     for key in sorted(meta.extra):
         _sub(root, "extra", meta.extra[key], key=key)
+    if meta.failures:
+        _sub(
+            root,
+            "failures",
+            meta.failure_reason,
+            consecutive=str(meta.failures),
+            at=format_time(meta.failure_at) if meta.failure_at else "",
+            image=meta.failure_image,
+            until=format_time(meta.backoff_until) if meta.backoff_until else "",
+        )
     if not namespaced:
         for element in root.iter():
             element.tag = element.tag.split("}", 1)[-1]
@@ -333,6 +402,17 @@ def from_xml(text: str) -> SlotMetadata:
         )
     until = drain.get("until", "") if drain is not None else ""
     extra = {e.get("key", ""): (e.text or "") for e in root.findall(_NS + "extra") if e.get("key")}
+    failures = root.find(_NS + "failures")
+    fail_attrs = failures.attrib if failures is not None else {}
+    try:
+        consecutive = int(fail_attrs.get("consecutive", "0") or "0")
+    except ValueError:
+        raise SlotMetadataError(
+            "slot metadata: failures consecutive {!r} is not a number".format(fail_attrs.get("consecutive")),
+            "failures.consecutive",
+        ) from None
+    failed_at = fail_attrs.get("at", "")
+    backoff_until = fail_attrs.get("until", "")
     return SlotMetadata(
         name=_text(root, "name"),
         hypervisor=_text(root, "hypervisor"),
@@ -358,4 +438,9 @@ def from_xml(text: str) -> SlotMetadata:
         ssh_port=ssh_port,
         ssh_user=ssh.get("user", "") if ssh is not None else "",
         extra=extra,
+        failures=consecutive,
+        failure_at=parse_time(failed_at, "failures.at") if consecutive and failed_at else None,
+        failure_image=fail_attrs.get("image", "") if consecutive else "",
+        failure_reason=((failures.text or "").strip() if failures is not None and consecutive else ""),
+        backoff_until=parse_time(backoff_until, "failures.until") if consecutive and backoff_until else None,
     )

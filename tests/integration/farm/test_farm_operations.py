@@ -145,7 +145,8 @@ def test_recycle_replaces_only_the_expired_slot(farm):
     # safe to run again at once: nothing left to do, nothing changed
     again = farm.run("recycle.yml", now=now)
     assert again.rc == 0, again.stdout[-4000:]
-    assert not again.changed, again.changed_tasks()
+    # the one change: the metrics task records this run of the play (farm_metrics' play record)
+    assert again.changed_tasks() in ([], ["Refresh the farm metrics on each hypervisor"]), again.changed_tasks()
     assert farm.metadata() == after
 
 
@@ -369,6 +370,120 @@ def test_a_killed_rolling_update_holds_the_farm_until_its_lock_expires(farm):
         conn.close()
     farmbed.slurm("scontrol", "update", f"nodename={claimed}", "state=resume", check=False)
     farm.wait_accepting(timeout=300)
+
+
+def _set_failures(name: str, consecutive: int, image: str) -> None:
+    """Inject earlier failed lives into a slot's metadata (as recycle.yml would have carried them)."""
+    import libvirt
+
+    from ansible_collections.batchvirt.farm.plugins.module_utils._slot import read_metadata
+    from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import NAMESPACE, PREFIX, to_xml
+    from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import utcnow
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        dom = conn.lookupByName(name)
+        meta = read_metadata(dom).with_failures(consecutive, utcnow(), image, "injected", None)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, to_xml(meta, namespaced=False), PREFIX, NAMESPACE, flags)
+    finally:
+        conn.close()
+
+
+def _kill_slurmd_reachability(farm, name: str) -> None:
+    """slurmd of the slot stops answering the controller, as when it dies: its forward on the host is
+    removed from the running QEMU (so no registration request reaches it any more) and the node is set
+    down at once (rather than after SlurmdTimeout)."""
+    import subprocess
+
+    port = farmbed.SLURMD_PORT_BASE + farm.names.index(name)
+    subprocess.run(
+        [
+            "virsh",
+            "-c",
+            "qemu:///system",
+            "qemu-monitor-command",
+            name,
+            "--hmp",
+            f"hostfwd_remove hn0 tcp:127.0.0.1:{port}",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    farmbed.slurm("scontrol", "update", f"nodename={name}", "state=down", "reason=bvt: slurmd killed")
+
+
+def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_job(farm):
+    """Its slurmd gone (the node down in Slurm for longer than the health grace: injected clock), a
+    slot with two failed lives before is `failed`; recycle.yml counts the third failure and backs off
+    (VM shut down, domain and count kept, console tail in the summary, the metric counts it) instead
+    of re-creating it; a run within the back-off leaves the stopped slot alone (not started again);
+    after the back-off it is re-created on the newest version, registers, is resumed, its count is
+    cleared, and a job runs on it. One VM boot in all."""
+    from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time, utcnow
+
+    before = farm.metadata()
+    # the slot created in real time: the expired-slot test re-created the other one "a week ahead"
+    # (injected clock), and the accounting refuses a life that ends before it was created
+    name = min(before, key=lambda n: before[n]["created_at"])
+    assert before[name]["created_at"] <= format_time(utcnow()), before
+    other = [n for n in farm.names if n != name]
+    farm.wait_accepting(timeout=300)
+    _set_failures(name, 2, f"{farmbed.IDENTIFIER}/{farmbed.version_of(before[name])}")
+    _kill_slurmd_reachability(farm, name)
+    assert "down" in farm.node_states()[name], farm.node_states()
+    now = farmbed.iso(format_time(utcnow()), 300 + 60)  # down for longer than the health grace (300 s)
+
+    first = farm.run("recycle.yml", now=now)
+    assert first.rc == 0, first.stdout[-6000:]
+    plan = _debug_msg(first, "Show what will be recycled")
+    assert plan["replace_failed"] == [name] and plan["in_backoff"] == {}, plan
+    assert set(other) <= set(plan["left_alone"]), plan
+    summary = _summary(first, "farm_recycle_summary")
+    assert list(summary["backoff"]) == [name] and summary["replaced"] == {} and summary["failed"] == {}, summary
+    entry = summary["backoff"][name]
+    until = farmbed.iso(now, 600)  # threshold 3: 600 s * 2 ** 0
+    assert entry["backoff_until"] == until and entry["failures"]["consecutive"] == 3, entry
+    assert entry["failures"]["reason"].startswith("slurm: ") and entry["failures"]["last_at"] == now, entry
+    assert entry["console_tail"] and all(isinstance(line, str) for line in entry["console_tail"]), entry
+    held = farm.metadata()
+    assert not held[name]["running"] and held[name]["created_at"] == before[name]["created_at"], held[name]
+    assert held[name]["failures"]["backoff_until"] == until, held[name]
+    assert all(held[n] == before[n] for n in other), "recycle must not touch the healthy slots"
+    prom = "/var/lib/prometheus/node-exporter/batchvirt_farm.prom"
+    if os.path.exists(prom):  # the metrics the run refreshed (farm_ops_metrics, default on)
+        with open(prom) as handle:
+            gauge = [line for line in handle if line.startswith("batchvirt_farm_slots_in_backoff{")]
+        # the label is the inventory's hypervisor name (farm_hypervisor), "localhost" on this farm
+        assert gauge == ['batchvirt_farm_slots_in_backoff{hypervisor="localhost"} 1.0\n'], gauge
+
+    # within the back-off: the stopped slot is left alone (not started again)
+    second = farm.run("recycle.yml", now=farmbed.iso(now, 300))
+    assert second.rc == 0, second.stdout[-6000:]
+    plan = _debug_msg(second, "Show what will be recycled")
+    assert plan["in_backoff"] == {name: until} and plan["restart_stopped"] == [], plan
+    assert plan["replace_failed"] == [] and plan["replace_after_backoff"] == [], plan
+    assert _summary(second, "farm_recycle_summary")["in_backoff"] == {name: until}
+    assert farm.metadata()[name] == held[name]
+
+    # after it: re-created on the newest version with the count carried, resumed, count cleared
+    later = farmbed.iso(until, 1)
+    third = farm.run("recycle.yml", now=later)
+    assert third.rc == 0, third.stdout[-6000:]
+    plan = _debug_msg(third, "Show what will be recycled")
+    assert plan["replace_after_backoff"] == [name] and plan["in_backoff"] == {}, plan
+    summary = _summary(third, "farm_recycle_summary")
+    assert list(summary["replaced"]) == [name], summary
+    assert summary["replaced"][name]["failures"]["consecutive"] == 3, summary
+    after = farm.metadata()
+    assert after[name]["running"] and after[name]["created_at"] == later, after[name]
+    assert farmbed.version_of(after[name]) == farm.versions[-1]
+    assert "failures" not in after[name], "the count is cleared once the new slot is resumed"
+    farm.wait_accepting(timeout=300)
+    job = farm.submit(name, 0, command="true")
+    _out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err
 
 
 def test_removing_a_slot_shuts_its_guest_down_by_acpi_first(farm):

@@ -122,6 +122,46 @@ def test_recycle_plan_touches_only_expired_drained_stopped(tmp_path):
     assert not result.results("Remove the slot") and not result.changed
 
 
+def test_recycle_plan_replaces_failed_slots_and_leaves_slots_in_backoff_alone(tmp_path):
+    """A crashed slot is `failed` and replaced; a stopped slot whose back-off has not passed is left
+    alone (not started again) and reported with its end and its image per hypervisor; one whose
+    back-off passed is re-created (not restarted); a stopped slot without failures is restarted."""
+    fresh = NOW - 2 * HOUR
+    image = "worker-el9/2026.11.1"
+    held = slot("hv01-slot-held", "hv01", created_at=fresh, lifetime_h=48)
+    held = held.with_failures(3, NOW - HOUR, image, "slurm: down", NOW + HOUR)
+    passed = slot("hv01-slot-passed", "hv01", created_at=fresh, lifetime_h=48)
+    passed = passed.with_failures(4, NOW - 3 * HOUR, image, "slurm: down", NOW - HOUR)
+    domains = [
+        ("hv01-slot-crashed", slot("hv01-slot-crashed", "hv01", created_at=fresh, lifetime_h=48), 6),
+        ("hv01-slot-held", held, False),
+        ("hv01-slot-passed", passed, False),
+        ("hv01-slot-stopped", slot("hv01-slot-stopped", "hv01", created_at=fresh, lifetime_h=48), False),
+        ("hv01-slot-a0", slot("hv01-slot-a0", "hv01", created_at=fresh, lifetime_h=48), True),
+    ]
+    node = write_test_node(str(tmp_path / "hv01.xml"), domains)
+    inventory = tmp_path / "farm.farm.slots.yml"
+    inventory.write_text(
+        json.dumps(
+            {
+                "plugin": "batchvirt.farm.slots",
+                "hypervisors": [{"uri": node, "name": "hv01"}],
+                "now": NOW.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        )
+    )
+    result = run_playbook("playbooks/recycle.yml", inventory=str(inventory), check=True)
+    assert result.rc == 0, result.stdout[-3000:]
+    plan = _msg(result, "Show what will be recycled")
+    assert plan["replace_failed"] == ["hv01-slot-crashed"], plan
+    assert plan["in_backoff"] == {"hv01-slot-held": "2026-11-22T07:00:00Z"}, plan
+    assert plan["image_backoff"] == {"hv01 " + image: ["hv01-slot-held until 2026-11-22T07:00:00Z (3 failures)"]}, plan
+    assert plan["replace_after_backoff"] == ["hv01-slot-passed"], plan
+    assert plan["restart_stopped"] == ["hv01-slot-stopped"], plan
+    assert plan["left_alone"] == ["hv01-slot-a0"], plan
+    assert not result.changed
+
+
 # -- the operations lock: a second lifecycle play -------------------------------------------
 def _reported(result, task):
     """The message of the run of a lock task that reported (the task file is included again for the release)."""

@@ -713,3 +713,31 @@ def test_a_crashed_slot_is_failed_even_without_a_batch_view(tmp_path):
     states = {h: inv.get_host(h).vars["farm_lifecycle"] for h in ("crashed", "fine", "off")}
     assert states == {"crashed": "failed", "fine": "active", "off": "stopped"}
     assert inv.get_host("crashed").vars["farm_enabled"] is False
+
+
+def test_slots_in_backoff_are_grouped_with_the_end_of_their_backoff():
+    held = slot("w-held", "hv1").with_failures(3, NOW - HOUR, "worker-el9/2026.11.1", "slurm: down", NOW + HOUR)
+    passed = slot("w-passed", "hv1").with_failures(4, NOW - 3 * HOUR, "worker-el9/2026.11.1", "x", NOW - HOUR)
+    domains = [
+        {"domain": "w-held", "state": 5, "slot": held.to_dict(), "error": ""},
+        {"domain": "w-passed", "state": 5, "slot": passed.to_dict(), "error": ""},
+        record("w-ok"),
+    ]
+    inventory = populate(
+        make_plugin(hypervisors=["test:///default"]), farm_data(("hv1", "test:///default", domains, ""))
+    )
+    assert group_hosts(inventory, "farm_backoff") == ["w-held"]
+    hosts = {name: inventory.get_host(name).get_vars() for name in ("w-held", "w-passed", "w-ok")}
+    assert hosts["w-held"]["farm_backoff_until"] == "2026-11-21T13:00:00Z" and hosts["w-held"]["farm_failures"] == 3
+    assert "farm_backoff_until" not in hosts["w-passed"] and hosts["w-passed"]["farm_failures"] == 4
+    assert "farm_backoff_until" not in hosts["w-ok"] and hosts["w-ok"]["farm_failures"] == 0
+    assert hosts["w-held"]["farm_lifecycle"] == "stopped"  # the back-off does not change the lifecycle
+
+
+def test_health_grace_option_sets_when_a_down_node_is_failed():
+    view = BatchView(registered=False, state="down", state_since=NOW - 200 * datetime.timedelta(seconds=1))
+    data = farm_data(("hv1", "test:///default", [record("w1")], ""), batch={"w1": _inventory.batch_view_to_json(view)})
+    default = populate(make_plugin(hypervisors=["test:///default"]), data)
+    assert default.get_host("w1").get_vars()["farm_lifecycle"] != "failed"  # 200 s < 300 s
+    short = populate(make_plugin(hypervisors=["test:///default"], health_grace=120), data)
+    assert short.get_host("w1").get_vars()["farm_lifecycle"] == "failed"

@@ -243,3 +243,21 @@ def test_concurrent_play_records_all_count(tmp_path):
     assert m.load_state(str(tmp_path / "s.json"))["plays"]["recycle"]["runs"] == {"success": 20}
     text = (tmp_path / "batchvirt_farm.prom").read_text()
     assert 'batchvirt_farm_play_runs_total{hypervisor="hv1",outcome="success",play="recycle"} 20.0' in text
+
+
+def test_slots_in_backoff_counts_the_slots_whose_backoff_has_not_passed(tmp_path):
+    """Two stopped slots with a failure record: one still in back-off, one whose back-off passed;
+    a third failed once (no back-off). Only the first counts."""
+    held = slot("w-held", "hv1").with_failures(3, NOW - HOUR, "worker-el9/2026.11.1", "slurm: down", NOW + HOUR)
+    passed = slot("w-passed", "hv1").with_failures(4, NOW - 2 * HOUR, "worker-el9/2026.11.1", "x", NOW - HOUR)
+    once = slot("w-once", "hv1").with_failures(1, NOW - HOUR, "worker-el9/2026.11.1", "x", None)
+    uri = write_test_node(
+        str(tmp_path / "node.xml"), [("w-held", held, False), ("w-passed", passed, False), ("w-once", once, True)]
+    )
+    conn = libvirt.open(uri)
+    try:
+        snap = m.collect(conn, "hv1", NOW)
+    finally:
+        conn.close()
+    assert sample(values(m.exposition(snap)), "batchvirt_farm_slots_in_backoff", hypervisor="hv1") == 1
+    assert [s["name"] for s in snap.to_dict()["slots"] if s["backoff"]] == ["w-held"]
