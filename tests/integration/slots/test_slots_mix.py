@@ -85,5 +85,7 @@ def test_a_mix_of_worker_types_on_one_hypervisor(testbed, libvirt_conn, guest, s
     failed = run_playbook(PLAYBOOK, extravars=_mix_vars(guest, hv, root, huge))
     assert failed.rc != 0
     said = " ".join(failed.stdout.split())
-    assert "farm_vm_slots_mix: layout: mix[1] (small): count=100000 does not fit on this hypervisor" in said, said[-3000:]
+    assert "farm_vm_slots_mix: layout: mix[1] (small): count=100000 does not fit on this hypervisor" in said, said[
+        -3000:
+    ]
     assert names[3] not in {d.name() for d in libvirt_conn.listAllDomains(0)}
