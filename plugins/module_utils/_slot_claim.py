@@ -17,20 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import HAS_LIBVIRT, slot_metadata_xml
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import load_slot, write_metadata
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import (
     DRAIN_OWNERS,
-    NAMESPACE,
-    PREFIX,
     SlotMetadata,
     SlotMetadataError,
-    from_xml,
     to_xml,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time, parse_time
-
-if HAS_LIBVIRT:
-    import libvirt
 
 
 class SlotClaimError(FarmError):
@@ -137,24 +131,10 @@ def run_claims(
     until_time = parse_time(until, "until", error=SlotClaimError) if until else None
     results = []
     for name in names:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError:
-            raise SlotClaimError(f"slot {name} does not exist on this hypervisor", "name") from None
-        text = slot_metadata_xml(dom)
-        if not text:
-            raise SlotClaimError(f"domain {name} is not a batchvirt slot (no slot metadata)", "name")
-        try:
-            meta = from_xml(text)
-        except SlotMetadataError as exc:
-            raise SlotClaimError(f"slot {name}: {exc}", "name") from None
+        dom, meta = load_slot(conn, name, SlotClaimError)
         result = plan_claim(meta, state, owner, operation, reason, until_time, now, force)
         if result.changed and result.meta is not None and not check_mode:
-            active = bool(dom.isActive())
-            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if active else 0)
-            dom.setMetadata(
-                libvirt.VIR_DOMAIN_METADATA_ELEMENT, to_xml(result.meta, namespaced=False), PREFIX, NAMESPACE, flags
-            )
+            write_metadata(dom, result.meta)
         results.append(result)
     return results
 

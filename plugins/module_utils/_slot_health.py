@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import HAS_LIBVIRT, slot_metadata_xml
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_MAX,
@@ -26,20 +25,18 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
     backoff_seconds,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import tail
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import (
+    CONSOLE_LOG_DIR,
+    load_slot,
+    write_metadata,
+)
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import (
-    NAMESPACE,
-    PREFIX,
     SlotMetadata,
     SlotMetadataError,
-    from_xml,
     parse_time,
     to_xml,
 )
 
-if HAS_LIBVIRT:
-    import libvirt
-
-CONSOLE_LOG_DIR = "/var/log/libvirt/qemu"  # where the slot module has libvirt write each console log
 DEFAULT_CONSOLE_LINES = 15
 STATES = ("failed", "recorded", "healthy")
 
@@ -199,17 +196,7 @@ def run_module(
     name = params["name"]
     conn = connect(params["uri"])
     try:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError:
-            raise SlotHealthError(f"slot {name} does not exist on this hypervisor", "name") from None
-        text = slot_metadata_xml(dom)
-        if not text:
-            raise SlotHealthError(f"domain {name} is not a batchvirt slot (no slot metadata)", "name")
-        try:
-            meta = from_xml(text)
-        except SlotMetadataError as exc:
-            raise SlotHealthError(f"slot {name}: {exc}", "name") from None
+        dom, meta = load_slot(conn, name, SlotHealthError)
         result, new = plan_health(
             meta,
             params["state"],
@@ -222,11 +209,7 @@ def run_module(
             cap=cap,
         )
         if result.changed and not check_mode:
-            active = bool(dom.isActive())
-            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if active else 0)
-            dom.setMetadata(
-                libvirt.VIR_DOMAIN_METADATA_ELEMENT, to_xml(new, namespaced=False), PREFIX, NAMESPACE, flags
-            )
+            write_metadata(dom, new)
         if params["state"] == "failed" and not result.left_alone:
             if result.backoff and params.get("stop_in_backoff", True):
                 if check_mode:

@@ -29,6 +29,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata impo
     NAMESPACE,
     PREFIX,
     SlotMetadata,
+    SlotMetadataError,
     from_xml,
     to_xml,
 )
@@ -64,6 +65,28 @@ def metadata_for_libvirt(meta: SlotMetadata) -> str:
     """The metadata element as ``virDomain.setMetadata()`` wants it: without the namespace,
     which libvirt adds itself (with ``PREFIX``)."""
     return to_xml(meta, namespaced=False)
+
+
+def load_slot(conn: Any, name: str, error: Callable[[str, str], Exception]) -> Tuple[Any, SlotMetadata]:
+    """The domain and metadata of slot ``name``; ``error(message, "name")`` is raised when it does
+    not exist, is not a slot or its metadata cannot be read."""
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        raise error(f"slot {name} does not exist on this hypervisor", "name") from None
+    text = slot_metadata_xml(dom)
+    if not text:
+        raise error(f"domain {name} is not a batchvirt slot (no slot metadata)", "name")
+    try:
+        return dom, from_xml(text)
+    except SlotMetadataError as exc:
+        raise error(f"slot {name}: {exc}", "name") from None
+
+
+def write_metadata(dom: Any, meta: SlotMetadata) -> None:
+    """Write a slot's metadata to its persistent definition, and to the running domain when it runs."""
+    flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata_for_libvirt(meta), PREFIX, NAMESPACE, flags)
 
 
 def is_local(uri: str) -> bool:
