@@ -11,24 +11,9 @@ import pytest
 from ansible_collections.batchvirt.farm.plugins.module_utils import _slot_claim as claim
 from ansible_collections.batchvirt.farm.plugins.module_utils import _slot_metadata as sm
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
+from tests.unit.plugins.module_utils.slotmeta import NOW, make
 
-T0 = datetime.datetime(2026, 12, 1, 6, 0, 0, tzinfo=datetime.timezone.utc)
-NOW = T0 + datetime.timedelta(hours=5)
 UNTIL = NOW + datetime.timedelta(hours=1)
-
-
-def make(**overrides):
-    values = {
-        "name": "hv1-slot-01",
-        "hypervisor": "hv1",
-        "image_identifier": "worker-el9",
-        "image_version": "7",
-        "created_at": T0,
-        "drain_at": T0 + datetime.timedelta(days=1),
-        "deadline": T0 + datetime.timedelta(days=3),
-    }
-    values.update(overrides)
-    return sm.SlotMetadata(**values)
 
 
 def test_a_drain_records_who_why_when_which_run_and_until():

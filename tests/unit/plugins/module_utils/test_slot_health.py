@@ -12,28 +12,12 @@ from ansible_collections.batchvirt.farm.plugins.module_utils import _slot_health
 from ansible_collections.batchvirt.farm.plugins.module_utils import _slot_metadata as sm
 from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import backoff_until
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import backoff_seconds
+from tests.unit.plugins.module_utils.slotmeta import NOW, T0, make
 
 try:
     import libvirt
 except ImportError:  # pragma: no cover
     libvirt = None
-
-T0 = datetime.datetime(2026, 12, 1, 6, 0, 0, tzinfo=datetime.timezone.utc)
-NOW = T0 + datetime.timedelta(hours=5)
-
-
-def make(**overrides):
-    values = {
-        "name": "hv1-slot-01",
-        "hypervisor": "hv1",
-        "image_identifier": "worker-el9",
-        "image_version": "7",
-        "created_at": T0,
-        "drain_at": T0 + datetime.timedelta(days=1),
-        "deadline": T0 + datetime.timedelta(days=3),
-    }
-    values.update(overrides)
-    return sm.SlotMetadata(**values)
 
 
 # -- the arithmetic ----------------------------------------------------------------------------
