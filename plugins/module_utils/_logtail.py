@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+from typing import List
 
 
 def tail(path: str, size: int = 8192) -> str:
@@ -17,3 +18,10 @@ def tail(path: str, size: int = 8192) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def last_lines(text: str, lines: int = 15) -> List[str]:
+    """The last ``lines`` non-empty lines of ``text`` (carriage returns dropped), as a console log
+    is shown: what the guest said last."""
+    text = text.replace("\r", "")
+    return [line for line in text.split("\n") if line.strip()][-lines:] if lines > 0 else []

@@ -24,7 +24,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import (
     DEFAULT_BACKOFF_THRESHOLD,
     backoff_seconds,
 )
-from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import tail
+from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import last_lines, tail
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import (
     CONSOLE_LOG_DIR,
     load_slot,
@@ -120,8 +120,7 @@ def console_tail(name: str, lines: int = DEFAULT_CONSOLE_LINES, log_dir: str = C
     path = os.path.join(log_dir, f"{name}-console.log")
     if lines <= 0 or not os.path.exists(path):
         return []
-    text = tail(path, 8192).replace("\r", "")
-    return [line for line in text.split("\n") if line.strip()][-lines:]
+    return last_lines(tail(path, 8192), lines)
 
 
 def plan_health(

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import libvirt
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import DRAINED, EXPIRED, STOPPED
-from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import tail
+from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import last_lines, tail
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_domain import lvm_remove_commands
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_end import (
     DEFAULT_SHUTDOWN_TIMEOUT,
@@ -74,12 +74,7 @@ TAIL_BYTES = 4096
 
 def console_tail(path: str, lines: int = 15) -> List[str]:
     """The last non-empty lines of a slot's console log (what the guest said as it ended)."""
-    return tail_lines(tail(path, TAIL_BYTES), lines)
-
-
-def tail_lines(text: str, lines: int = 15) -> List[str]:
-    text = text.replace("\r", "")
-    return [line for line in text.split("\n") if line.strip()][-lines:]
+    return last_lines(tail(path, TAIL_BYTES), lines)
 
 
 def _slots_to_remove(host: SlotHost, requests: Sequence[Dict[str, Any]]) -> List[Tuple[Dict[str, Any], Any, Any]]:
@@ -158,7 +153,7 @@ def _remove_one(
     else:  # the console log is on the hypervisor: read its tail and delete it through libvirt
         data = host.remove_pool_file(logs, os.path.basename(log), TAIL_BYTES if name in ends else 0)
         if name in ends:
-            result.result["end"]["console_tail"] = tail_lines(data.decode("utf-8", "replace"))
+            result.result["end"]["console_tail"] = last_lines(data.decode("utf-8", "replace"))
     result.changed = bool(result.actions)
     if result.changed and host.diff_mode and dom is not None:
         result.diff = {"before_header": name, "after_header": f"{name} (absent)", "before": before_xml, "after": ""}
