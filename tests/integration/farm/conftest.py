@@ -1,4 +1,5 @@
-"""The REAL test farm as a session fixture (built once, reused by every test that asks for it):
+"""The REAL test farm as a package fixture (built once, reused by every test of this package, and
+taken down when the package ends so its idle guests do not load the tests after it):
 hypervisor role via ``libvirt_uri``, the worker image with slurmd + munge (base_image role, the one
 recipe in ``worker_image.yml``), slurmctld on 127.0.0.1 (batch_controller role), the image staged
 in an image cache, and two slots whose VMs boot and register with slurmctld by themselves.
@@ -13,7 +14,7 @@ import pytest
 from tests.integration.farm import farmbed
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def farm(libvirt_uri):
     """A :class:`farmbed.Farm` with ``farm.count`` slots running and accepting jobs."""
     start = time.monotonic()
