@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
+from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file
 from ansible_collections.batchvirt.farm.plugins.module_utils._version import sort_versions
 
@@ -27,8 +28,8 @@ _VERSION_RE = re.compile(r"^(\d{8})\.(\d+)$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class GoldenError(Exception):
-    """A snapshot that could not be taken; the message says what to do."""
+class GoldenError(FarmError):
+    """A snapshot that could not be taken; the message says what to do (and ``option`` which input)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ def check_identifier(identifier: str) -> str:
     if not _SAFE_NAME.match(identifier or "") or ".." in identifier:
         raise GoldenError(
             "identifier %r is not a safe image name: use letters, digits, '.', '_' and '-' "
-            "(at most 128 characters, no '..' and no '/')" % identifier
+            "(at most 128 characters, no '..' and no '/')" % identifier,
+            option="identifier",
         )
     return identifier
 
@@ -96,7 +98,9 @@ def disk_source(domain_xml: str, target: Optional[str] = None) -> str:
             return source.get("file", "")
         if source is not None and source.get("dev"):
             return source.get("dev", "")
-    raise GoldenError("the golden VM has no file-backed disk%s to snapshot" % (" " + target if target else ""))
+    raise GoldenError(
+        "the golden VM has no file-backed disk%s to snapshot" % (" " + target if target else ""), option="disk"
+    )
 
 
 def shutdown(
@@ -119,7 +123,8 @@ def shutdown(
     raise GoldenError(
         "the golden VM %s did not shut down within %d s; it was left running and nothing was "
         "snapshotted. Check that the guest reacts to ACPI power-off (systemd-logind or acpid), "
-        "or raise shutdown_timeout." % (domain.name(), int(timeout))
+        "or raise shutdown_timeout." % (domain.name(), int(timeout)),
+        option="shutdown_timeout",
     )
 
 
@@ -142,7 +147,7 @@ def write_version(
     final = os.path.join(directory, "%s-%s.qcow2" % (identifier, version))
     partial = final + ".partial"
     if os.path.exists(final):
-        raise GoldenError("%s already exists: versions are never overwritten" % final)
+        raise GoldenError("%s already exists: versions are never overwritten" % final, option="version")
     cmd = ["qemu-img", "convert", "-U", "-O", "qcow2"]
     if compression != "none":
         cmd += ["-c", "-o", "compression_type=%s" % compression]
@@ -197,7 +202,7 @@ def describe_versions(directory: str, identifier: str) -> List[Dict[str, Any]]:
 def prune(directory: str, identifier: str, keep: int) -> List[str]:
     """Remove all but the newest ``keep`` versions (image and description); return the removed versions."""
     if keep < 1:
-        raise GoldenError("keep must be at least 1 (got %d): the newest version is always kept" % keep)
+        raise GoldenError("keep must be at least 1 (got %d): the newest version is always kept" % keep, option="keep")
     versions = versions_in(directory, identifier)
     removed = versions[:-keep] if len(versions) > keep else []
     for version in removed:
@@ -206,3 +211,59 @@ def prune(directory: str, identifier: str, keep: int) -> List[str]:
             if os.path.exists(path):
                 os.unlink(path)
     return removed
+
+
+def run_snapshot(params: Dict[str, Any], check_mode: bool, connect: Callable[[str], Any]) -> Dict[str, Any]:
+    """The ``golden_snapshot`` module: plan the version, shut the golden VM down, write the
+    version, start the VM again, apply the retention; returns the module result."""
+    directory, identifier = params["directory"], params["identifier"]
+    check_identifier(identifier)
+    if params["keep"] < 1:
+        raise GoldenError(
+            "keep must be at least 1 (got %d): the newest version is always kept" % params["keep"], option="keep"
+        )
+    existing = versions_in(directory, identifier)
+    version = params["version"] or next_version(existing, datetime.datetime.now(datetime.timezone.utc).date())
+    base = os.path.join(directory, "%s-%s" % (identifier, version))
+    planned = {
+        "identifier": identifier,
+        "version": version,
+        "path": base + ".qcow2",
+        "size": 0,
+        "sha512": "",
+        "description": base + ".json",
+    }
+    if version in existing:
+        return _snapshot_result(False, planned, [], False, directory, identifier)
+    conn = connect(params["uri"])
+    try:
+        domain = conn.lookupByName(params["name"])
+    except Exception:
+        raise GoldenError(
+            "no golden VM named %r on %s: create it with the golden_node role first" % (params["name"], params["uri"]),
+            option="name",
+        ) from None
+    source = disk_source(domain.XMLDesc(0), params["disk"])
+    if check_mode:
+        return _snapshot_result(True, planned, [], bool(domain.isActive()), directory, identifier)
+    was_running = shutdown(domain, params["shutdown_timeout"])
+    try:
+        extra = {"boot": params["boot"]} if params["boot"] else None
+        image = write_version(source, directory, identifier, version, params["compression"], extra=extra)
+    finally:
+        if was_running and params["restart"]:
+            domain.create()
+    removed = prune(directory, identifier, params["keep"])
+    return _snapshot_result(True, image.to_dict(), removed, was_running, directory, identifier)
+
+
+def _snapshot_result(
+    changed: bool, image: Dict[str, Any], removed: List[str], shut_down: bool, directory: str, identifier: str
+) -> Dict[str, Any]:
+    return {
+        "changed": changed,
+        "image": image,
+        "removed": removed,
+        "shut_down": shut_down,
+        "versions": describe_versions(directory, identifier),
+    }

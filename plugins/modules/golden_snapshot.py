@@ -137,12 +137,9 @@ versions:
     format: {description: Image format., type: str, returned: always}
 """
 
-import datetime
-import os
-
-from ansible_collections.batchvirt.farm.plugins.module_utils import _golden
-from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import FarmLibvirtError, connect
-from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule
+from ansible_collections.batchvirt.farm.plugins.module_utils._golden import run_snapshot
+from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import connect
+from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule, run_module
 
 
 def main() -> None:
@@ -162,65 +159,7 @@ def main() -> None:
         needs_libvirt=True,
         supports_check_mode=True,
     )
-    p = module.params
-    try:
-        _golden.check_identifier(p["identifier"])
-        if p["keep"] < 1:
-            raise _golden.GoldenError("keep must be at least 1 (got %d): the newest version is always kept" % p["keep"])
-        existing = _golden.versions_in(p["directory"], p["identifier"])
-        version = p["version"] or _golden.next_version(existing, datetime.datetime.now(datetime.timezone.utc).date())
-        base = os.path.join(p["directory"], "%s-%s" % (p["identifier"], version))
-        planned = {
-            "identifier": p["identifier"],
-            "version": version,
-            "path": base + ".qcow2",
-            "size": 0,
-            "sha512": "",
-            "description": base + ".json",
-        }
-        if version in existing:
-            module.exit_json(
-                changed=False,
-                image=planned,
-                removed=[],
-                shut_down=False,
-                versions=_golden.describe_versions(p["directory"], p["identifier"]),
-            )
-        conn = connect(p["uri"])
-        try:
-            domain = conn.lookupByName(p["name"])
-        except Exception:
-            raise _golden.GoldenError(
-                "no golden VM named %r on %s: create it with the golden_node role first" % (p["name"], p["uri"])
-            ) from None
-        source = _golden.disk_source(domain.XMLDesc(0), p["disk"])
-        if module.check_mode:
-            module.exit_json(
-                changed=True,
-                image=planned,
-                removed=[],
-                shut_down=bool(domain.isActive()),
-                versions=_golden.describe_versions(p["directory"], p["identifier"]),
-            )
-        was_running = _golden.shutdown(domain, p["shutdown_timeout"])
-        try:
-            extra = {"boot": p["boot"]} if p["boot"] else None
-            image = _golden.write_version(
-                source, p["directory"], p["identifier"], version, p["compression"], extra=extra
-            )
-        finally:
-            if was_running and p["restart"]:
-                domain.create()
-        removed = _golden.prune(p["directory"], p["identifier"], p["keep"])
-    except (_golden.GoldenError, FarmLibvirtError) as exc:
-        module.fail_from(exc)
-    module.exit_json(
-        changed=True,
-        image=image.to_dict(),
-        removed=removed,
-        shut_down=was_running,
-        versions=_golden.describe_versions(p["directory"], p["identifier"]),
-    )
+    run_module(module, lambda m: run_snapshot(m.params, m.check_mode, connect))
 
 
 if __name__ == "__main__":

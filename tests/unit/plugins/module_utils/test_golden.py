@@ -158,3 +158,58 @@ def test_describe_versions_lists_what_prune_kept(tmp_path):
     described = _golden.describe_versions(out, "worker")
     assert [d["version"] for d in described] == ["20261121.1", "20261121.2"]
     assert all(len(d["sha512"]) == 128 and d["size"] > 0 and os.path.exists(d["path"]) for d in described)
+
+
+def _snapshot_params(tmp_path, **over):
+    params = {
+        "name": "golden-worker",
+        "identifier": "worker",
+        "version": None,
+        "directory": str(tmp_path),
+        "shutdown_timeout": 5,
+        "compression": "none",
+        "keep": 3,
+        "restart": True,
+        "disk": None,
+        "boot": None,
+        "uri": "test:///default",
+    }
+    params.update(over)
+    return params
+
+
+def _no_connection(uri):
+    raise AssertionError(f"the module connected to {uri} although it had nothing to do")
+
+
+def test_snapshot_of_an_existing_version_changes_nothing_and_never_connects(tmp_path):
+    for name in ("worker-20261121.1.qcow2", "worker-20261121.1.json"):
+        (tmp_path / name).write_text("{}")
+    result = _golden.run_snapshot(_snapshot_params(tmp_path, version="20261121.1"), False, _no_connection)
+    assert result["changed"] is False
+    assert result["image"]["path"] == str(tmp_path / "worker-20261121.1.qcow2")
+    assert result["shut_down"] is False
+
+
+@pytest.mark.parametrize(
+    ("over", "option", "message"),
+    [
+        ({"identifier": "../etc"}, "identifier", "not a safe image name"),
+        ({"keep": 0}, "keep", "keep must be at least 1"),
+    ],
+)
+def test_snapshot_refuses_bad_input_naming_the_option(tmp_path, over, option, message):
+    with pytest.raises(_golden.GoldenError, match=message) as caught:
+        _golden.run_snapshot(_snapshot_params(tmp_path, **over), False, _no_connection)
+    assert caught.value.option == option
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_snapshot_of_an_unknown_golden_vm_names_the_option(tmp_path):
+    class Conn:
+        def lookupByName(self, name):
+            raise RuntimeError("Domain not found")
+
+    with pytest.raises(_golden.GoldenError, match="no golden VM named 'golden-worker'") as caught:
+        _golden.run_snapshot(_snapshot_params(tmp_path), True, lambda uri: Conn())
+    assert caught.value.option == "name"
