@@ -10,6 +10,7 @@ from typing import Dict, List, Sequence, Tuple
 import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _batch_slurm as slurm
+from ansible_collections.batchvirt.farm.plugins.module_utils import _batch_slurm_parse as parse
 from ansible_collections.batchvirt.farm.plugins.module_utils._batch import BatchError, get_adapter
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import BatchView
 
@@ -81,8 +82,8 @@ def _reset_detection():
     ],
 )
 def test_state_mapping(raw, flags, jobs, state, registered, drain):
-    base, fl = slurm.parse_state(raw, flags)
-    assert slurm.classify(base, fl, jobs) == (state, registered, drain)
+    base, fl = parse.parse_state(raw, flags)
+    assert parse.classify(base, fl, jobs) == (state, registered, drain)
 
 
 @pytest.mark.parametrize(
@@ -96,12 +97,12 @@ def test_state_mapping(raw, flags, jobs, state, registered, drain):
     ],
 )
 def test_expand_hostlist(expr, names):
-    assert slurm.expand_hostlist(expr) == names
+    assert parse.expand_hostlist(expr) == names
 
 
 # -- parsers on recorded output ------------------------------------------------------------
 def test_sinfo_json_recorded_draining_and_allocated():
-    nodes = slurm.parse_sinfo_json(fixture("sinfo_mixed.json"))
+    nodes = parse.parse_sinfo_json(fixture("sinfo_mixed.json"))
     assert nodes["bx1"].drain and nodes["bx1"].state == "draining"
     assert nodes["bx1"].reason == "kernel update 2026-11"
     assert nodes["bx1"].features == ("typea",)
@@ -112,20 +113,20 @@ def test_sinfo_json_recorded_draining_and_allocated():
 
 
 def test_sinfo_json_recorded_drained_and_not_responding():
-    nodes = slurm.parse_sinfo_json(fixture("sinfo_drained.json"))
+    nodes = parse.parse_sinfo_json(fixture("sinfo_drained.json"))
     assert (nodes["bx1"].state, nodes["bx1"].drain, nodes["bx1"].registered) == ("drained", True, True)
-    nodes = slurm.parse_sinfo_json(fixture("sinfo_not_responding.json"))
+    nodes = parse.parse_sinfo_json(fixture("sinfo_not_responding.json"))
     assert nodes["bx1"].state == "not_responding"
 
 
 def test_sinfo_json_errors_are_not_ignored():
     """sinfo --json exits 0 with an error list when the controller is down."""
     with pytest.raises(BatchError, match="Unspecified error"):
-        slurm.parse_sinfo_json(fixture("sinfo_controller_down.json"))
+        parse.parse_sinfo_json(fixture("sinfo_controller_down.json"))
 
 
 def test_scontrol_text_recorded():
-    nodes = slurm.parse_scontrol_nodes(fixture("scontrol_nodes.txt"))
+    nodes = parse.parse_scontrol_nodes(fixture("scontrol_nodes.txt"))
     assert set(nodes) == {"bx1", "bx2", "bx3", "dyn1"}
     assert nodes["bx1"].state == "draining" and nodes["bx1"].reason == "kernel update 2026-11"
     assert nodes["bx1"].raw_state == "ALLOCATED+DRAIN"
@@ -133,21 +134,21 @@ def test_scontrol_text_recorded():
     assert nodes["bx3"].state == "not_responding"
     assert nodes["dyn1"].state == "future" and nodes["dyn1"].dynamic
     assert nodes["dyn1"].features == ("worker-el9",)
-    drained = slurm.parse_scontrol_nodes(fixture("scontrol_drained.txt"))
+    drained = parse.parse_scontrol_nodes(fixture("scontrol_drained.txt"))
     assert drained["bx1"].state == "drained"
 
 
 def test_keyvalue_parser_keeps_blanks_in_values():
-    kv = slurm.parse_keyvalues("NodeName=a OS=Linux 6.1 #1 SMP State=IDLE Reason=two words [root@2026-01-01T00:00:00]")
+    kv = parse.parse_keyvalues("NodeName=a OS=Linux 6.1 #1 SMP State=IDLE Reason=two words [root@2026-01-01T00:00:00]")
     assert kv["OS"] == "Linux 6.1 #1 SMP"
     assert kv["Reason"].startswith("two words")
 
 
 def test_squeue_json_and_text_agree():
-    assert slurm.parse_squeue_json(fixture("squeue_running.json")) == {"bx1": ["5"], "bx2": ["6"]}
-    assert slurm.parse_squeue_text(fixture("squeue_running.txt")) == {"bx1": ["5"], "bx2": ["6"]}
-    assert slurm.parse_squeue_json(fixture("squeue_multinode.json")) == {"bx1": ["4"], "bx2": ["4"]}
-    assert slurm.parse_squeue_text(fixture("squeue_multinode.txt")) == {"bx1": ["4"], "bx2": ["4"]}
+    assert parse.parse_squeue_json(fixture("squeue_running.json")) == {"bx1": ["5"], "bx2": ["6"]}
+    assert parse.parse_squeue_text(fixture("squeue_running.txt")) == {"bx1": ["5"], "bx2": ["6"]}
+    assert parse.parse_squeue_json(fixture("squeue_multinode.json")) == {"bx1": ["4"], "bx2": ["4"]}
+    assert parse.parse_squeue_text(fixture("squeue_multinode.txt")) == {"bx1": ["4"], "bx2": ["4"]}
 
 
 # -- the adapter ---------------------------------------------------------------------------
@@ -265,9 +266,9 @@ def test_register_creates_dynamic_node_and_updates_address():
 
 def test_auth_failures_hint_from_controller_log():
     log = fixture("slurmctld_auth_failures.log")
-    hint = slurm.auth_failures_hint(log, "2026-11-21T06:33:00")
+    hint = parse.auth_failures_hint(log, "2026-11-21T06:33:00")
     assert "munge key mismatch" in hint and "MESSAGE_NODE_REGISTRATION_STATUS" in hint and "localhost" in hint
-    assert slurm.auth_failures_hint(log, "2026-11-21T07:00:00") == ""
+    assert parse.auth_failures_hint(log, "2026-11-21T07:00:00") == ""
 
 
 def test_recorded_json_is_openapi_v0038():
@@ -281,7 +282,7 @@ def test_a_down_nodes_reason_time_becomes_the_views_state_since():
         "NodeAddr=127.0.0.2 NodeHostName=w1 Port=16819 State=DOWN* ThreadsPerCore=1 "
         "Reason=Not responding [slurm@2026-12-03T09:10:11]"
     )
-    status = slurm.parse_scontrol_nodes(line)["w1"]
+    status = parse.parse_scontrol_nodes(line)["w1"]
     assert status.reason == "Not responding"
     assert status.since is not None and status.since.tzinfo is not None
     local = datetime.datetime(2026, 12, 3, 9, 10, 11).astimezone()
@@ -291,5 +292,5 @@ def test_a_down_nodes_reason_time_becomes_the_views_state_since():
 
 
 def test_a_node_without_a_reason_has_no_state_since():
-    status = slurm.parse_scontrol_nodes("NodeName=w2 State=IDLE Reason=none")["w2"]
+    status = parse.parse_scontrol_nodes("NodeName=w2 State=IDLE Reason=none")["w2"]
     assert status.since is None and status.view().state_since is None
