@@ -105,6 +105,25 @@ class ImageSelection(ImageStates):
             self.sync_withdrawn_markers()
         return result
 
+    def forget_list(self, list_id: str) -> Dict[str, Any]:
+        """Unsubscribe: remove the record of the list ``list_id`` and its endorsements (the staged
+        files stay; an image no other list endorses is withdrawn from then on). Returns the version
+        that was accepted (None when the list was unknown here) and the endorsements removed."""
+        conn = self.db
+        with self._tx(conn):
+            row = conn.execute("SELECT version FROM subscriptions WHERE list_id = ?", (list_id,)).fetchone()
+            removed = [
+                {k: v for k, v in dict(r).items() if k != "list_id"}
+                for r in conn.execute(
+                    "SELECT * FROM endorsed WHERE list_id = ? ORDER BY identifier, version", (list_id,)
+                ).fetchall()
+            ]
+            conn.execute("DELETE FROM endorsed WHERE list_id = ?", (list_id,))
+            conn.execute("DELETE FROM subscriptions WHERE list_id = ?", (list_id,))
+        if row is not None or removed:
+            self.sync_withdrawn_markers()
+        return {"previous_version": row["version"] if row is not None else None, "withdrawn": removed}
+
     def _clean_list(self, list_id: str, images: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         clean: List[Dict[str, Any]] = []
         seen = set()

@@ -96,3 +96,32 @@ def subscribe(
         current=report["current"],
         withdrawn=report["withdrawn"],
     )
+
+
+def unsubscribe(cache: Any, identifier: str, check_mode: bool = False) -> Dict[str, Any]:
+    """Forget the list ``identifier`` in ``cache``: its accepted version and its endorsements go,
+    so a later list of that identifier starts again from any version (the rollback check has
+    nothing to compare with); the staged image files stay. Unknown lists change nothing."""
+    check_identifier(identifier, "identifier")
+    if not os.path.exists(cache.db_path):
+        report: Dict[str, Any] = {"previous_version": None, "withdrawn": []}
+    elif check_mode:
+        report = {
+            "previous_version": cache.accepted_list_version(identifier),
+            "withdrawn": [
+                {k: v for k, v in r.items() if k != "list_id"}
+                for r in cache.endorsed(include_expired=True)
+                if r["list_id"] == identifier
+            ],
+        }
+    else:
+        report = cache.forget_list(identifier)
+    changed = report["previous_version"] is not None or bool(report["withdrawn"])
+    return {
+        "changed": changed,
+        "identifier": identifier,
+        "previous_version": report["previous_version"],
+        "new": [],
+        "current": [],
+        "withdrawn": report["withdrawn"],
+    }

@@ -47,11 +47,23 @@ requirements:
   - the C(openssl) command (verifies the S/MIME signature)
   - cryptography (Python; reads the signer certificate)
 options:
+  state:
+    description:
+      - V(present) fetches, verifies and records the list.
+      - V(absent) unsubscribes, forgetting the accepted version of the list O(identifier) and the images it
+        endorsed in this hypervisor's cache (O(url) and O(ca_dir) are not needed). The staged image files stay;
+        an image no other list endorses counts as withdrawn from then on. A later subscription to a list of that
+        identifier accepts any version again (the rollback check has nothing left to compare with), so use it
+        when a publisher really starts again, or to take a test or demo list down.
+    type: str
+    choices: [present, absent]
+    default: present
+    version_added: 0.2.0
   url:
     description:
       - Where the list is, a local path, a C(file://) URL, or an C(http://) or C(https://) URL.
+      - Required with O(state=present).
     type: str
-    required: true
   identifier:
     description: The C(dc:identifier) of the list subscribed to; any other list is refused.
     type: str
@@ -61,8 +73,8 @@ options:
       - The directory of trusted CA certificates (hashed C(xxxxxxxx.0) files as in
         C(/etc/grid-security/certificates), or plain C(.pem)/C(.crt) files) and their CRLs
         (C(xxxxxxxx.r0)). The system trust store is not used.
+      - Required with O(state=present).
     type: path
-    required: true
   endorser_dn:
     description:
       - The expected subject of the signer (RFC 4514 or OpenSSL slash form). When given, a list
@@ -135,12 +147,17 @@ EXAMPLES = r"""
 - name: Show what the list no longer endorses
   ansible.builtin.debug:
     msg: "{{ farm_subscription.withdrawn | map(attribute='identifier') | list }}"
+
+- name: Unsubscribe from a list that is taken down (its images stay staged, no longer endorsed)
+  batchvirt.farm.image_subscription:
+    identifier: e2c6b8a4-3f1d-4c55-9a7e-1b2c3d4e5f60
+    state: absent
 """
 
 RETURN = r"""
 url:
   description: The list's URL.
-  returned: always
+  returned: when O(state=present)
   type: str
 identifier:
   description: The list's C(dc:identifier).
@@ -151,7 +168,7 @@ version:
   returned: success
   type: str
 previous_version:
-  description: The version accepted before this run, or null.
+  description: The version accepted before this run, or null (with O(state=absent), the version forgotten).
   returned: success
   type: str
 created:
@@ -177,7 +194,9 @@ current:
   type: list
   elements: dict
 withdrawn:
-  description: Images the previously accepted version endorsed and this one does not.
+  description:
+    - Images the previously accepted version endorsed and this one does not (with O(state=absent), every image
+      the forgotten list endorsed).
   returned: success
   type: list
   elements: dict
@@ -197,12 +216,17 @@ field:
   sample: hv:imagelist.hv:endorser.hv:x509.hv:dn
 """
 
+import os  # noqa: E402
+
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache, ImageCacheError  # noqa: E402
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_model import (  # noqa: E402
     DEFAULT_MAX_BYTES,
     ImageListError,
 )
-from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_subscribe import subscribe  # noqa: E402
+from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_subscribe import (  # noqa: E402
+    subscribe,
+    unsubscribe,
+)
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist_trust import (  # noqa: E402
     CRL_POLICIES,
     DEFAULT_CRL_POLICY,
@@ -213,9 +237,10 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._module import Farm
 def main() -> None:
     module = FarmModule(
         argument_spec={
-            "url": {"type": "str", "required": True},
+            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+            "url": {"type": "str"},
             "identifier": {"type": "str", "required": True},
-            "ca_dir": {"type": "path", "required": True},
+            "ca_dir": {"type": "path"},
             "endorser_dn": {"type": "str"},
             "endorser_ca": {"type": "str"},
             "crl": {"type": "str", "choices": list(CRL_POLICIES), "default": DEFAULT_CRL_POLICY},
@@ -228,8 +253,12 @@ def main() -> None:
             "lock_timeout": {"type": "int", "default": 600},
         },
         supports_check_mode=True,
+        required_if=[("state", "present", ("url", "ca_dir"))],
     )
     p = module.params
+    if p["state"] == "absent":
+        _unsubscribe(module)
+        return
     kwargs = {
         "url": p["url"],
         "identifier": p["identifier"],
@@ -257,6 +286,24 @@ def main() -> None:
         return
     except ImageCacheError as exc:
         module.fail_from(exc, reason="cache_error", url=p["url"])
+        return
+    module.exit_json(**result)
+
+
+def _unsubscribe(module: FarmModule) -> None:
+    p = module.params
+    try:
+        with ImageCache(p["cache_root"]) as cache:
+            if module.check_mode or not os.path.exists(cache.db_path):
+                result = unsubscribe(cache, p["identifier"], check_mode=True)
+            else:
+                with cache.lock(timeout=p["lock_timeout"], purpose="image_subscription absent " + p["identifier"]):
+                    result = unsubscribe(cache, p["identifier"])
+    except ImageListError as exc:
+        module.fail_from(exc, reason=exc.reason, field=exc.option)
+        return
+    except ImageCacheError as exc:
+        module.fail_from(exc, reason="cache_error")
         return
     module.exit_json(**result)
 

@@ -137,3 +137,43 @@ def test_endorser_dn_alone_with_several_cas_fails_naming_endorser_ca(pki, tmp_pa
     pinned = run(dict(args, endorser_ca=pki.endorser.ca), capsys)
     assert pinned["changed"] is True
     assert warnings_of(pinned) == []
+
+
+def test_unsubscribe_forgets_the_list_so_a_publisher_may_start_again(pki, tmp_path, capsys):
+    cache_root = str(tmp_path / "images")
+    listed = tmp_path / "v7.list"
+    listed.write_bytes(sign_obj(list_obj(pki, version="7"), pki.endorser))
+    args = {"url": str(listed), "identifier": LIST_ID, "ca_dir": pki.ca_dir, "cache_root": cache_root}
+    assert run(args, capsys)["version"] == "7"
+
+    absent = {"identifier": LIST_ID, "state": "absent", "cache_root": cache_root}
+    checked = run(absent, capsys, check=True)
+    assert checked["changed"] is True
+    assert checked["previous_version"] == "7"
+    with ImageCache(cache_root) as cache:
+        assert cache.accepted_list_version(LIST_ID) == "7", "check mode wrote the cache"
+
+    gone = run(absent, capsys)
+    assert gone["changed"] is True
+    assert [(i["identifier"], i["version"]) for i in gone["withdrawn"]] == [("worker-el9", "1.0")]
+    with ImageCache(cache_root) as cache:
+        assert cache.accepted_list_version(LIST_ID) is None
+        assert cache.endorsed(include_expired=True) == []
+    assert run(absent, capsys)["changed"] is False
+
+    # the publisher starts again at version 1: accepted, where before it was a rollback
+    restarted = tmp_path / "v1.list"
+    restarted.write_bytes(sign_obj(list_obj(pki, version="1"), pki.endorser))
+    again = run(dict(args, url=str(restarted)), capsys)
+    assert again.get("failed") is not True, again.get("msg")
+    assert again["version"] == "1"
+
+
+def test_unsubscribe_without_a_cache_creates_none_and_present_needs_url(pki, tmp_path, capsys):
+    cache_root = tmp_path / "never"
+    result = run({"identifier": LIST_ID, "state": "absent", "cache_root": str(cache_root)}, capsys)
+    assert result["changed"] is False
+    assert not cache_root.exists()
+    missing = run({"identifier": LIST_ID, "cache_root": str(cache_root)}, capsys)
+    assert missing["failed"] is True
+    assert "url" in missing["msg"] and "ca_dir" in missing["msg"]
