@@ -264,242 +264,301 @@ def plan_demand(
     """The plan (see the module docstring). Pure: the same arguments give the same plan."""
     if not types:
         raise DemandError("worker_types: declare at least one worker type.", "worker_types")
-    by_name = {t.name: t for t in types}
-    order = {t.name: i for i, t in enumerate(types)}
-    default = default_type or types[0].name
-    if default not in by_name:
-        raise DemandError(f"default_type: {default!r} is not a declared worker type.", "default_type")
-    hv_places: Dict[str, int] = {}
-    hv_default: Dict[str, str] = {}
-    for i, hv in enumerate(hypervisors):
-        if hv.default_type and hv.default_type not in by_name:
-            raise DemandError(
-                f"hypervisors[{i}].default_type: {hv.default_type!r} is not a declared worker type.",
-                f"hypervisors[{i}].default_type",
+    planner = _Planner(types, policy, now, default_type)
+    planner.places(hypervisors, slots)
+    planner.count_demand(jobs)
+    planner.survey(slots)
+    planner.fill()
+    planner.reserve_for_draining()
+    planner.drain_for_retyping(slots)
+    return planner.finish(len(slots))
+
+
+class _Planner:
+    """The state of one :func:`plan_demand` run, its steps in the order they run."""
+
+    def __init__(self, types: Sequence[WorkerType], policy: Policy, now: datetime.datetime, default_type: str) -> None:
+        self.types = list(types)
+        self.policy = policy
+        self.now = now
+        self.by_name = {t.name: t for t in types}
+        self.order = {t.name: i for i, t in enumerate(types)}
+        self.default = default_type or types[0].name
+        if self.default not in self.by_name:
+            raise DemandError(f"default_type: {self.default!r} is not a declared worker type.", "default_type")
+        self.plan = Plan()
+        self.hv_places: Dict[str, int] = {}
+        self.hv_default: Dict[str, str] = {}
+        self.on_hv: Dict[str, int] = {}
+        self.over: Dict[str, int] = {}
+        self.capacity = 0
+        zero = {t.name: 0 for t in types}
+        self.cores, self.held, self.young = dict(zero), dict(zero), dict(zero)
+        self.serving, self.busy = dict(zero), dict(zero)
+        self.counts = {"pending": 0, "eligible": 0, "counted": 0, "young": 0, "untyped": 0, "unmatched": 0}
+        self.retired: List[FarmSlot] = []  # slots of a type that is no longer declared
+        self.fillable: List[Tuple[str, str, str]] = []  # (slot name or "", hypervisor, previous type)
+        self.draining: List[str] = []
+        self.need: Dict[str, int] = {}
+        self.target: Dict[str, int] = {}
+        self.slack = 0
+        self.count: Dict[str, int] = {}
+        self.leaving: Dict[str, int] = {}
+        self.after_fills: Dict[str, int] = {}
+
+    def type_of(self, slot: FarmSlot) -> str:
+        return slot.worker_type or self.hv_default.get(slot.hypervisor, self.default)
+
+    def places(self, hypervisors: Sequence[Hypervisor], slots: Sequence[FarmSlot]) -> None:
+        """Places per hypervisor (declared, or as many as the slots a hypervisor holds), and those over it."""
+        for i, hv in enumerate(hypervisors):
+            if hv.default_type and hv.default_type not in self.by_name:
+                raise DemandError(
+                    f"hypervisors[{i}].default_type: {hv.default_type!r} is not a declared worker type.",
+                    f"hypervisors[{i}].default_type",
+                )
+            self.hv_places[hv.name] = self.hv_places.get(hv.name, 0) + hv.places
+            self.hv_default[hv.name] = hv.default_type or self.default
+        for slot in slots:
+            self.on_hv[slot.hypervisor] = self.on_hv.get(slot.hypervisor, 0) + 1
+        for name, held_slots in self.on_hv.items():
+            if name not in self.hv_places:  # a hypervisor known only by its slots: as many places as slots
+                self.hv_places[name] = held_slots
+                self.hv_default[name] = self.default
+        self.capacity = sum(self.hv_places.values())
+        self.over = {
+            name: self.on_hv.get(name, 0) - places
+            for name, places in self.hv_places.items()
+            if self.on_hv.get(name, 0) > places
+        }
+        if self.over:
+            self.plan.notes.append(
+                "hypervisor(s) hold more slots than their places: "
+                + ", ".join(f"{n} (+{c})" for n, c in sorted(self.over.items()))
+                + "; nothing is filled there."
             )
-        hv_places[hv.name] = hv_places.get(hv.name, 0) + hv.places
-        hv_default[hv.name] = hv.default_type or default
-    on_hv: Dict[str, int] = {}
-    for slot in slots:
-        on_hv[slot.hypervisor] = on_hv.get(slot.hypervisor, 0) + 1
-    for name, held_slots in on_hv.items():
-        if name not in hv_places:  # a hypervisor known only by its slots: as many places as slots
-            hv_places[name] = held_slots
-            hv_default[name] = default
-    capacity = sum(hv_places.values())
-    over = {name: on_hv.get(name, 0) - places for name, places in hv_places.items() if on_hv.get(name, 0) > places}
-    plan = Plan()
-    if over:
-        plan.notes.append(
-            "hypervisor(s) hold more slots than their places: "
-            + ", ".join(f"{n} (+{c})" for n, c in sorted(over.items()))
-            + "; nothing is filled there."
-        )
 
-    def type_of(slot: FarmSlot) -> str:
-        return slot.worker_type or hv_default.get(slot.hypervisor, default)
+    def count_demand(self, jobs: Iterable[PendingJob]) -> None:
+        """1. Demand: the pending jobs per type, old enough to count (younger ones are held)."""
+        counts = self.counts
+        for job in jobs:
+            counts["pending"] += 1
+            if not job.eligible:
+                continue
+            counts["eligible"] += 1
+            if not job.constraint:
+                counts["untyped"] += 1
+                continue
+            wt = match_type(self.types, job.constraint, job.partition)
+            if wt is None:
+                counts["unmatched"] += 1
+                continue
+            if job.age(self.now) < self.policy.hold_seconds:
+                counts["young"] += 1
+                self.young[wt.name] += 1
+                continue
+            counts["counted"] += 1
+            self.held[wt.name] += 1
+            self.cores[wt.name] += job.cores
+        if counts["unmatched"]:
+            self.plan.notes.append(
+                f"{counts['unmatched']} pending job(s) ask for features no declared worker type has: no slot the "
+                "farm can make serves them."
+            )
 
-    # 1. demand
-    cores: Dict[str, int] = {t.name: 0 for t in types}
-    held: Dict[str, int] = {t.name: 0 for t in types}
-    young: Dict[str, int] = {t.name: 0 for t in types}
-    counts = {"pending": 0, "eligible": 0, "counted": 0, "young": 0, "untyped": 0, "unmatched": 0}
-    for job in jobs:
-        counts["pending"] += 1
-        if not job.eligible:
-            continue
-        counts["eligible"] += 1
-        if not job.constraint:
-            counts["untyped"] += 1
-            continue
-        wt = match_type(types, job.constraint, job.partition)
-        if wt is None:
-            counts["unmatched"] += 1
-            continue
-        if job.age(now) < policy.hold_seconds:
-            counts["young"] += 1
-            young[wt.name] += 1
-            continue
-        counts["counted"] += 1
-        held[wt.name] += 1
-        cores[wt.name] += job.cores
-    if counts["unmatched"]:
-        plan.notes.append(
-            f"{counts['unmatched']} pending job(s) ask for features no declared worker type has: no slot the "
-            "farm can make serves them."
-        )
+    def survey(self, slots: Sequence[FarmSlot]) -> None:
+        """2. What each type has (serving, busy, draining), the places to fill, and the targets."""
+        for slot in slots:
+            kind = self.type_of(slot)
+            if slot.state in FILLABLE:
+                if self.over.get(slot.hypervisor, 0) <= 0:
+                    self.fillable.append((slot.name, slot.hypervisor, kind if kind in self.by_name else ""))
+                continue
+            if kind not in self.by_name:
+                if slot.state in SERVING:
+                    self.retired.append(slot)
+                elif slot.state in LEAVING:
+                    self.draining.append("")
+                continue
+            if slot.state in LEAVING:
+                self.draining.append(kind)
+            elif slot.state in SERVING:
+                self.serving[kind] += 1
+                if slot.jobs is None or slot.jobs > 0:
+                    self.busy[kind] += 1
+        for name in sorted(self.hv_places):
+            for _place in range(max(0, self.hv_places[name] - self.on_hv.get(name, 0))):
+                self.fillable.append(("", name, self.hv_default[name]))
+        self.need = {t.name: self.busy[t.name] + math.ceil(self.cores[t.name] / t.vcpus) for t in self.types}
+        self.target, self.slack = fair_targets(self.types, self.need, self.capacity)
+        self.count = dict(self.serving)
+        # slots that drain still exist until they are gone: a type's maximum counts them
+        self.leaving = {t.name: self.draining.count(t.name) for t in self.types}
 
-    # 2. what each type has and needs
-    serving = {t.name: 0 for t in types}
-    busy = {t.name: 0 for t in types}
-    retired: List[FarmSlot] = []  # slots of a type that is no longer declared
-    fillable: List[Tuple[str, str, str]] = []  # (slot name or "", hypervisor, previous type)
-    draining: List[str] = []
-    for slot in slots:
-        kind = type_of(slot)
-        if slot.state in FILLABLE:
-            if over.get(slot.hypervisor, 0) <= 0:
-                fillable.append((slot.name, slot.hypervisor, kind if kind in by_name else ""))
-            continue
-        if kind not in by_name:
-            if slot.state in SERVING:
-                retired.append(slot)
-            elif slot.state in LEAVING:
-                draining.append("")
-            continue
-        if slot.state in LEAVING:
-            draining.append(kind)
-        elif slot.state in SERVING:
-            serving[kind] += 1
-            if slot.jobs is None or slot.jobs > 0:
-                busy[kind] += 1
-    for name in sorted(hv_places):
-        for _place in range(max(0, hv_places[name] - on_hv.get(name, 0))):
-            fillable.append(("", name, hv_default[name]))
-    need = {t.name: busy[t.name] + math.ceil(cores[t.name] / t.vcpus) for t in types}
-    target, slack = fair_targets(types, need, capacity)
+    def room(self, name: str) -> bool:
+        return self.count[name] + self.leaving[name] < self.by_name[name].cap(self.capacity)
 
-    # 3. fills
-    count = dict(serving)
-
-    # slots that drain still exist until they are gone: a type's maximum counts them
-    leaving = {t.name: draining.count(t.name) for t in types}
-
-    def room(name: str) -> bool:
-        return count[name] + leaving[name] < by_name[name].cap(capacity)
-
-    def choose(previous: str, hv_type: str) -> Tuple[str, str]:
-        below_min = [t for t in types if count[t.name] < t.min_slots and room(t.name)]
+    def choose(self, previous: str, hv_type: str) -> Tuple[str, str]:
+        """The type a place gets, and why: a type below its minimum, the one most short of its target
+        (by weight), else the place's own type or the hypervisor's, else the one with the most room."""
+        types, count, target, order = self.types, self.count, self.target, self.order
+        below_min = [t for t in types if count[t.name] < t.min_slots and self.room(t.name)]
         if below_min:
             wt = max(below_min, key=lambda t: (t.min_slots - count[t.name], -order[t.name]))
             return wt.name, f"{wt.name} has {count[wt.name]} slot(s), below its minimum of {wt.min_slots}"
-        short = [t for t in types if count[t.name] < target[t.name] and room(t.name)]
+        short = [t for t in types if count[t.name] < target[t.name] and self.room(t.name)]
         if short:
             wt = max(short, key=lambda t: ((target[t.name] - count[t.name]) / t.weight, -order[t.name]))
             return wt.name, (
                 f"{wt.name} has {count[wt.name]} slot(s) for a target of {target[wt.name]} "
-                f"({held[wt.name]} job(s) pending for {policy.hold_seconds:g} s or more, {busy[wt.name]} busy slot(s))"
+                f"({self.held[wt.name]} job(s) pending for {self.policy.hold_seconds:g} s or more, "
+                f"{self.busy[wt.name]} busy slot(s))"
             )
         for candidate, why in ((previous, "the type this place had"), (hv_type, "the hypervisor's default type")):
-            if candidate in by_name and room(candidate):
+            if candidate in self.by_name and self.room(candidate):
                 return candidate, f"no type is short: {why}"
-        roomy = [t for t in types if room(t.name)]
+        roomy = [t for t in types if self.room(t.name)]
         if roomy:
-            wt = max(roomy, key=lambda t: (t.cap(capacity) - count[t.name] - leaving[t.name], -order[t.name]))
+            wt = max(
+                roomy,
+                key=lambda t: (t.cap(self.capacity) - count[t.name] - self.leaving[t.name], -order[t.name]),
+            )
             return wt.name, "no type is short: the type with the most room below its maximum"
         return "", "every type is at its maximum"
 
-    for slot_name, hv_name, previous in fillable:
-        chosen, why = choose(previous, hv_default.get(hv_name, default))
-        if not chosen:
-            plan.notes.append(f"{slot_name or 'a free place'} on {hv_name} is left empty: {why}.")
-            continue
-        count[chosen] += 1
-        plan.fill.append(
-            {"slot": slot_name, "hypervisor": hv_name, "type": chosen, "previous_type": previous, "reason": why}
+    def fill(self) -> None:
+        """3. Fills: every drained, expired or stopped slot and every free place gets a type (or a note)."""
+        for slot_name, hv_name, previous in self.fillable:
+            chosen, why = self.choose(previous, self.hv_default.get(hv_name, self.default))
+            if not chosen:
+                self.plan.notes.append(f"{slot_name or 'a free place'} on {hv_name} is left empty: {why}.")
+                continue
+            self.count[chosen] += 1
+            self.plan.fill.append(
+                {"slot": slot_name, "hypervisor": hv_name, "type": chosen, "previous_type": previous, "reason": why}
+            )
+        self.after_fills = dict(self.count)
+
+    def reserve_for_draining(self) -> None:
+        """Places that draining slots will free soon go to the types that are short (not output)."""
+        for _previous in self.draining:
+            short = [t for t in self.types if self.count[t.name] < max(t.min_slots, self.target[t.name])]
+            if not short:
+                break
+            wt = max(
+                short, key=lambda t: (max(t.min_slots, self.target[t.name]) - self.count[t.name], -self.order[t.name])
+            )
+            self.count[wt.name] += 1
+
+    def old_enough(self, slot: FarmSlot) -> bool:
+        return (
+            slot.created_at is None or (self.now - slot.created_at).total_seconds() >= self.policy.min_slot_age_seconds
         )
-    after_fills = dict(count)
 
-    # places that draining slots will free soon go to the types that are short (not output)
-    for _previous in draining:
-        short = [t for t in types if count[t.name] < max(t.min_slots, target[t.name])]
-        if not short:
-            break
-        wt = max(short, key=lambda t: (max(t.min_slots, target[t.name]) - count[t.name], -order[t.name]))
-        count[wt.name] += 1
-
-    # 4. drains for re-typing
-    shortfall = {t.name: max(0, target[t.name] - count[t.name]) for t in types}
-    wanted = sum(shortfall.values())
-    floor = {t.name: max(t.min_slots, target[t.name]) for t in types}
-    min_age = policy.min_slot_age_seconds
-
-    def old_enough(slot: FarmSlot) -> bool:
-        return slot.created_at is None or (now - slot.created_at).total_seconds() >= min_age
-
+    @staticmethod
     def drain_key(slot: FarmSlot) -> Tuple[int, str, str]:
         created = format_time(slot.created_at) if slot.created_at else ""
         return (0 if slot.state == "expiring" else 1, created, slot.name)
 
-    candidates: Dict[str, List[FarmSlot]] = {t.name: [] for t in types}
-    young_idle = 0
-    if wanted:
+    def drain_for_retyping(self, slots: Sequence[FarmSlot]) -> None:
+        """4. Drains: idle, old enough slots of a type above its floor (or no longer declared), at most
+        ``max_retypes_per_run``, each for the type most short of its target."""
+        types, order, target = self.types, self.order, self.target
+        shortfall = {t.name: max(0, target[t.name] - self.count[t.name]) for t in types}
+        wanted = sum(shortfall.values())
+        floor = {t.name: max(t.min_slots, target[t.name]) for t in types}
+        candidates, young_idle = self._drain_candidates(slots) if wanted else ({t.name: [] for t in types}, 0)
+        idle_retired = sorted(
+            (s for s in self.retired if s.jobs == 0 and s.state in DRAINABLE and self.old_enough(s)),
+            key=self.drain_key,
+            reverse=True,
+        )
+        after_fills, plan, limit = self.after_fills, self.plan, self.policy.max_retypes_per_run
+        while len(plan.drain) < limit and (wanted > 0 or idle_retired):
+            if idle_retired:
+                slot, source, why = idle_retired.pop(), "", "its type is no longer declared"
+            else:
+                surplus = [t for t in types if after_fills[t.name] - floor[t.name] > 0 and candidates[t.name]]
+                if not surplus:
+                    break
+                wt = max(surplus, key=lambda t: ((after_fills[t.name] - floor[t.name]) / t.weight, -order[t.name]))
+                slot, source = candidates[wt.name].pop(), wt.name
+                after_fills[source] -= 1
+                why = f"{source} has {after_fills[source] + 1} serving slot(s) for a target of {target[source]}"
+            short = [t for t in types if shortfall[t.name] > 0]
+            goal = ""
+            if short:
+                gt = max(short, key=lambda t: (shortfall[t.name] / t.weight, -order[t.name]))
+                goal = gt.name
+                shortfall[goal] -= 1
+                wanted -= 1
+                why += f"; {goal} is short by {shortfall[goal] + 1} slot(s)"
+            plan.drain.append(
+                {
+                    "slot": slot.name,
+                    "hypervisor": slot.hypervisor,
+                    "type": source or slot.worker_type,
+                    "for": goal,
+                    "reason": f"idle for re-typing: {why}",
+                }
+            )
+        if wanted > 0:
+            self._note_unmet(wanted, young_idle)
+
+    def _drain_candidates(self, slots: Sequence[FarmSlot]) -> Tuple[Dict[str, List[FarmSlot]], int]:
+        """Idle drainable slots per declared type, in drain order (``pop()`` takes the first), and how many
+        idle ones are too young."""
+        candidates: Dict[str, List[FarmSlot]] = {t.name: [] for t in self.types}
+        young_idle = 0
         for slot in slots:
-            kind = type_of(slot)
-            if slot.state not in DRAINABLE or slot.jobs is None or slot.jobs > 0 or kind not in by_name:
+            kind = self.type_of(slot)
+            if slot.state not in DRAINABLE or slot.jobs is None or slot.jobs > 0 or kind not in self.by_name:
                 continue
-            if not old_enough(slot):
+            if not self.old_enough(slot):
                 young_idle += 1
                 continue
             candidates[kind].append(slot)
         for queue_of_type in candidates.values():
-            queue_of_type.sort(key=drain_key, reverse=True)  # pop() takes the first in drain order
-    idle_retired = sorted(
-        (s for s in retired if s.jobs == 0 and s.state in DRAINABLE and old_enough(s)), key=drain_key, reverse=True
-    )
-    limit = policy.max_retypes_per_run
-    while len(plan.drain) < limit and (wanted > 0 or idle_retired):
-        if idle_retired:
-            slot, source, why = idle_retired.pop(), "", "its type is no longer declared"
-        else:
-            surplus = [t for t in types if after_fills[t.name] - floor[t.name] > 0 and candidates[t.name]]
-            if not surplus:
-                break
-            wt = max(surplus, key=lambda t: ((after_fills[t.name] - floor[t.name]) / t.weight, -order[t.name]))
-            slot, source = candidates[wt.name].pop(), wt.name
-            after_fills[source] -= 1
-            why = f"{source} has {after_fills[source] + 1} serving slot(s) for a target of {target[source]}"
-        short = [t for t in types if shortfall[t.name] > 0]
-        goal = ""
-        if short:
-            gt = max(short, key=lambda t: (shortfall[t.name] / t.weight, -order[t.name]))
-            goal = gt.name
-            shortfall[goal] -= 1
-            wanted -= 1
-            why += f"; {goal} is short by {shortfall[goal] + 1} slot(s)"
-        plan.drain.append(
-            {
-                "slot": slot.name,
-                "hypervisor": slot.hypervisor,
-                "type": source or slot.worker_type,
-                "for": goal,
-                "reason": f"idle for re-typing: {why}",
-            }
-        )
-    if wanted > 0:
-        if len(plan.drain) >= limit:
-            plan.notes.append(f"{wanted} more re-typing(s) wanted; max_retypes_per_run ({limit}) reached.")
+            queue_of_type.sort(key=self.drain_key, reverse=True)
+        return candidates, young_idle
+
+    def _note_unmet(self, wanted: int, young_idle: int) -> None:
+        limit, min_age = self.policy.max_retypes_per_run, self.policy.min_slot_age_seconds
+        if len(self.plan.drain) >= limit:
+            self.plan.notes.append(f"{wanted} more re-typing(s) wanted; max_retypes_per_run ({limit}) reached.")
         elif young_idle:
-            plan.notes.append(
+            self.plan.notes.append(
                 f"{wanted} more re-typing(s) wanted; {young_idle} idle slot(s) are younger than "
                 f"min_slot_age_seconds ({min_age:g} s)."
             )
         else:
-            plan.notes.append(f"{wanted} more re-typing(s) wanted; no idle slot of a type above its target.")
+            self.plan.notes.append(f"{wanted} more re-typing(s) wanted; no idle slot of a type above its target.")
 
-    for t in types:
-        plan.targets[t.name] = {
-            "target": target[t.name],
-            "serving": serving[t.name],
-            "busy": busy[t.name],
-            "after_plan": after_fills[t.name],
-            "need": need[t.name],
-            "pending_jobs": held[t.name],
-            "pending_cores": cores[t.name],
-            "young_jobs": young[t.name],
-            "min_slots": t.min_slots,
-            "max_slots": t.max_slots,
-            "weight": t.weight,
+    def finish(self, slot_count: int) -> Plan:
+        """The targets per type, the capacity and the queue counts beside the fills and drains."""
+        for t in self.types:
+            self.plan.targets[t.name] = {
+                "target": self.target[t.name],
+                "serving": self.serving[t.name],
+                "busy": self.busy[t.name],
+                "after_plan": self.after_fills[t.name],
+                "need": self.need[t.name],
+                "pending_jobs": self.held[t.name],
+                "pending_cores": self.cores[t.name],
+                "young_jobs": self.young[t.name],
+                "min_slots": t.min_slots,
+                "max_slots": t.max_slots,
+                "weight": t.weight,
+            }
+        self.plan.capacity = {
+            "places": self.capacity,
+            "slots": slot_count,
+            "fillable": len(self.fillable),
+            "draining": len(self.draining),
+            "unassigned": self.slack,
         }
-    plan.capacity = {
-        "places": capacity,
-        "slots": len(slots),
-        "fillable": len(fillable),
-        "draining": len(draining),
-        "unassigned": slack,
-    }
-    plan.queue = counts
-    return plan
+        self.plan.queue = self.counts
+        return self.plan
 
 
 def plan_from_params(params: Mapping[str, Any], adapter: Any = None) -> Dict[str, Any]:
