@@ -7,6 +7,9 @@ text, no newline needed. The slot module writes them through cloud-init ``write_
 VM's first boot and exports ``MACHINEFEATURES`` for every login and PAM session
 (``/etc/environment``, ``/etc/profile.d``). ``$JOBFEATURES`` is per job and needs the batch
 system's prolog configured on the controller; it is not written here.
+
+When a slot's drain starts early, :func:`shutdowntime` gives the moved time and the
+``slot_drain`` module rewrites the file through the QEMU guest agent (``_guest_agent``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,24 @@ def machine_features(
     if hs06 is not None:
         files["hs06"] = ("%.2f" % hs06).rstrip("0").rstrip(".")
     return files
+
+
+def shutdowntime(
+    drain_at: datetime.datetime,
+    deadline: datetime.datetime,
+    drain_requested_at: Optional[datetime.datetime] = None,
+) -> datetime.datetime:
+    """When the VM goes away at the latest: the slot's deadline, or, when its drain was requested
+    before its planned drain time, the request plus the same job walltime the deadline leaves
+    after ``drain_at`` (``deadline - drain_at``), whichever is earlier."""
+    if drain_requested_at is None or drain_requested_at >= drain_at:
+        return deadline
+    return min(deadline, drain_requested_at + (deadline - drain_at))
+
+
+def shutdowntime_content(when: datetime.datetime) -> bytes:
+    """The ``shutdowntime`` file's content, as cloud-init writes it at the first boot."""
+    return (str(int(when.timestamp())) + "\n").encode("ascii")
 
 
 def cloud_init_machine_features(files: Dict[str, str], path: str = DEFAULT_PATH) -> Dict[str, List[Any]]:
