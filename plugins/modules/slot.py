@@ -200,7 +200,9 @@ options:
       - V(present) the slot is defined (not started); V(running) defined and running (a stopped slot is started,
         a missing one created); V(draining) records an operator drain request with O(drain_reason) in its metadata;
         V(absent) removes the domain, its overlay and its seed ISO.
-      - V(absent) refuses a slot that is neither stopped, drained nor past its deadline unless O(force=true).
+      - V(absent) refuses a slot that is neither stopped, drained nor past its deadline unless O(force=true);
+        a V(failed) slot is accepted without O(force) when O(batch) is given and the batch system shows no
+        job on its node (down, not responding or never registered), or libvirt reports its domain crashed.
     type: str
     choices: [present, running, draining, absent]
     default: running
