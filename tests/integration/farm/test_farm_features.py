@@ -2,12 +2,14 @@
 with the QEMU guest agent): an early drain through the slot_drain module moves
 $MACHINEFEATURES/shutdowntime inside the running VM (seen by a real Slurm job), the other slot
 keeps its deadline, and clearing the drain writes the deadline back (the farm is left as found
-for the other farm tests that share the fixture)."""
+for the other farm tests that share the fixture); and $JOBFEATURES per job from the slot's Slurm
+TaskProlog."""
 
 from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import time
 
 import pytest
@@ -101,3 +103,38 @@ def test_an_early_drain_moves_shutdowntime_inside_the_vm(farm):
     assert cleared["changed"] and (entry["machinefeatures"], entry["shutdowntime"]) == ("updated", deadline), entry
     _job_sees(farm, drained, deadline)
     assert farm.metadata() == before
+
+
+def _sbatch(node: str, command: str, *options: str) -> subprocess.CompletedProcess:
+    """``sbatch --wait --parsable`` of ``command`` on ``node``: stdout is the job id, the exit code the job's."""
+    return subprocess.run(
+        ["sbatch", "--wait", "--parsable", "-w", node, "-N1", "-n1", "-o", "/dev/null", "--chdir=/tmp", *options]
+        + ["-J", "bvt-features", "--wrap", command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=dict(os.environ, SLURM_CONF=farmbed.SLURM_CONF),
+    )
+
+
+def test_jobs_read_their_jobfeatures(farm):
+    """$JOBFEATURES from the slot's TaskProlog: a job submitted with --time=7 reads wall_limit_secs
+    420, its own job id, its CPUs and its start; the Epilog removes the directory when it ends."""
+    farm.wait_accepting(timeout=300)
+    node = farm.names[1]
+    check = (
+        'test -n "$JOBFEATURES" && test "$(cat "$JOBFEATURES/wall_limit_secs")" = 420'
+        ' && test "$(cat "$JOBFEATURES/job_id")" = "$SLURM_JOB_ID"'
+        ' && test "$(cat "$JOBFEATURES/allocated_cpu")" -ge 1'
+        ' && test "$(cat "$JOBFEATURES/jobstart_secs")" -le "$(date +%s)"'
+        ' && test "$(cat "$JOBFEATURES/jobstart_secs")" -gt "$(( $(date +%s) - 600 ))"'
+    )
+    first = _sbatch(node, f"sh -c {shlex.quote(check)}", "--time=7")
+    assert first.returncode == 0, (first.stdout, first.stderr)
+    job_id = first.stdout.strip().split(";")[0]
+    assert job_id.isdigit(), first.stdout
+    # the next job on the node: the first one's directory is gone, its own is there
+    gone = f'test ! -e /run/jobfeatures/{job_id} && test -d "$JOBFEATURES"'
+    second = _sbatch(node, f"sh -c {shlex.quote(gone)}", "--time=3")
+    assert second.returncode == 0, (second.stdout, second.stderr)
