@@ -124,6 +124,8 @@ EPILOG = "/etc/slurm/batchvirt-jobfeatures-epilog"
 _TASK_PROLOG_SCRIPT = r"""#!/bin/sh
 # written by batchvirt.farm at first boot: HEPiX $JOBFEATURES of this job (Slurm TaskProlog, run
 # as the job's user before each task; an "export" line on stdout goes into the task's environment)
+PATH=${PATH:+$PATH:}/usr/local/bin:/usr/bin:/bin  # Slurm sets no search path for prologs
+export PATH
 [ -n "$SLURM_JOB_ID" ] || exit 0
 dir=@DIR@/$SLURM_JOB_ID
 mkdir -p "$dir" 2>/dev/null && [ -w "$dir" ] || exit 0
@@ -146,6 +148,7 @@ exit 0
 
 _EPILOG_SCRIPT = r"""#!/bin/sh
 # written by batchvirt.farm at first boot: remove the job's $JOBFEATURES (Slurm Epilog, root)
+PATH=${PATH:+$PATH:}/usr/local/bin:/usr/bin:/bin  # Slurm sets no search path for epilogs
 case "$SLURM_JOB_ID" in ''|*[!0-9_]*) exit 0 ;; esac
 rm -rf "@DIR@/$SLURM_JOB_ID"
 exit 0
