@@ -47,10 +47,11 @@ except ImportError:  # pragma: no cover - reported by connect()
 # libvirt run states in which a domain counts as "not running" for the lifecycle.
 _STOPPED_STATES = frozenset((0, 5, 6))  # NOSTATE, SHUTOFF, CRASHED
 # What makes a slot "failed" on libvirt's word alone: CRASHED, or PAUSED for one of these
-# reasons (VIR_DOMAIN_PAUSED_IOERROR, _CRASHED, _POSTCOPY_FAILED).
+# reasons (VIR_DOMAIN_PAUSED_IOERROR 5, _WATCHDOG 6, _CRASHED 10, _POSTCOPY_FAILED 13, _API_ERROR 14).
+# Not PAUSED_SNAPSHOT (9): a snapshot pauses a healthy guest for a moment.
 _CRASHED = 6
 _PAUSED = 3
-_PAUSED_ON_ERROR = frozenset((5, 9, 13))
+_PAUSED_ON_ERROR = frozenset((5, 6, 10, 13, 14))
 _STATE_NAMES = DOMAIN_STATE_NAMES
 
 

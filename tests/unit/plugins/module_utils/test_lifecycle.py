@@ -106,3 +106,22 @@ def test_naive_clock_is_refused():
 )
 def test_seconds_to_drain(times, now, expected):
     assert lc.seconds_to_drain(times, now) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "error"),
+    [
+        (6, 0, True),  # crashed
+        (3, 5, True),  # paused on an I/O error
+        (3, 6, True),  # paused by the watchdog
+        (3, 10, True),  # paused because the guest crashed
+        (3, 13, True),  # paused after a failed post-copy migration
+        (3, 1, False),  # paused by a user
+        (3, 9, False),  # paused for a snapshot: a healthy guest, for a moment
+        (1, 0, False),  # running
+    ],
+)
+def test_libvirt_reports_a_domain_error_only_for_crashes_and_error_pauses(state, reason, error):
+    from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import DomainRecord
+
+    assert DomainRecord(domain="hv1-slot-01", state=state, reason=reason).domain_error is error
