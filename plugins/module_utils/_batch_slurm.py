@@ -430,6 +430,7 @@ class SlurmAdapter(BatchAdapter):
     """Slurm through its command-line clients."""
 
     system = "slurm"
+    updates_features = True
 
     def __init__(
         self,
@@ -589,7 +590,9 @@ class SlurmAdapter(BatchAdapter):
 
     def register(self, node: str, **params: Any) -> bool:
         """Make ``node`` known: create it as a dynamic node (``scontrol create``) when absent,
-        update its address when ``address`` differs.
+        update its address when ``address`` differs and its features when ``features`` differ
+        (``availablefeatures=``: without a NodeFeatures plugin Slurm makes them the active features
+        too; a static node keeps them until slurmctld re-reads slurm.conf).
 
         Params: ``address``, ``features`` (list), ``cpus``, ``memory`` (MiB),
         ``node_state`` (``FUTURE`` or ``CLOUD``, for a node created here), ``status`` (a
@@ -598,14 +601,23 @@ class SlurmAdapter(BatchAdapter):
         status = params.get("status") or self.bulk_status([node])[node]
         address = params.get("address")
         if status.known:
+            changed = False
             if address and status.address != address:
                 self._check(
                     ["scontrol", "update", f"nodename={node}", f"nodeaddr={address}"],
                     f"setting the address of {node}",
                     [node],
                 )
-                return True
-            return False
+                changed = True
+            wanted = [str(f) for f in params.get("features") or []]
+            if wanted and set(status.features) != set(wanted):
+                self._check(
+                    ["scontrol", "update", f"nodename={node}", "availablefeatures=" + ",".join(wanted)],
+                    f"setting the features of {node}",
+                    [node],
+                )
+                changed = True
+            return changed
         argv = ["scontrol", "create", f"nodename={node}", "state=" + str(params.get("node_state") or "FUTURE")]
         if address:
             argv.append(f"nodeaddr={address}")
