@@ -83,7 +83,7 @@ def _job(job: str) -> Dict[str, str]:
     out = farmbed.slurm("scontrol", "-o", "show", "job", job, check=False)
     fields = {}
     for word in out.split():
-        key, _, value = word.partition("=")
+        key, _sep, value = word.partition("=")
         if key in ("JobState", "ExitCode", "NodeList", "Features", "Reason"):
             fields[key] = value
     return fields
@@ -123,7 +123,7 @@ def test_rebalance_retypes_an_idle_slot_for_pending_constraint_jobs_and_back(far
         assert time.monotonic() < deadline, f"the bvta job did not start: {farm.node_states()}"
         time.sleep(2)
     # accepted although no slot has feature bvtb yet (the placeholder node declares it), pending
-    b_ids = [_sbatch(f"--constraint={B}", "--wrap", "hostname") for _ in range(2)]
+    b_ids = [_sbatch(f"--constraint={B}", "--wrap", "hostname") for _i in range(2)]
     for job in b_ids:
         assert _job(job).get("JobState") == "PENDING" and _job(job).get("Features") == B, _job(job)
 
