@@ -591,8 +591,9 @@ class SlurmAdapter(BatchAdapter):
     def register(self, node: str, **params: Any) -> bool:
         """Make ``node`` known: create it as a dynamic node (``scontrol create``) when absent,
         update its address when ``address`` differs and its features when ``features`` differ
-        (``availablefeatures=``: without a NodeFeatures plugin Slurm makes them the active features
-        too; a static node keeps them until slurmctld re-reads slurm.conf).
+        (``availablefeatures=`` and ``activefeatures=`` together: Slurm refuses new available
+        features that leave out an active one; a static node keeps them until slurmctld re-reads
+        slurm.conf).
 
         Params: ``address``, ``features`` (list), ``cpus``, ``memory`` (MiB),
         ``node_state`` (``FUTURE`` or ``CLOUD``, for a node created here), ``status`` (a
@@ -611,8 +612,15 @@ class SlurmAdapter(BatchAdapter):
                 changed = True
             wanted = [str(f) for f in params.get("features") or []]
             if wanted and set(status.features) != set(wanted):
+                # both at once: Slurm refuses available features that leave out an active one
                 self._check(
-                    ["scontrol", "update", f"nodename={node}", "availablefeatures=" + ",".join(wanted)],
+                    [
+                        "scontrol",
+                        "update",
+                        f"nodename={node}",
+                        "availablefeatures=" + ",".join(wanted),
+                        "activefeatures=" + ",".join(wanted),
+                    ],
                     f"setting the features of {node}",
                     [node],
                 )

@@ -278,7 +278,14 @@ def test_register_sets_the_features_of_a_known_node_when_they_differ():
     assert adapter.register("bx1", features=list(before.features)) is False
     assert not [c for c in runner.calls if c[:2] == ["scontrol", "update"]]
     assert adapter.register("bx1", features=["typeb", "ssd"]) is True
-    assert ["scontrol", "update", "nodename=bx1", "availablefeatures=typeb,ssd"] in runner.calls
+    # active and available together: "Active features not subset of available features" otherwise
+    assert [
+        "scontrol",
+        "update",
+        "nodename=bx1",
+        "availablefeatures=typeb,ssd",
+        "activefeatures=typeb,ssd",
+    ] in runner.calls
 
 
 def test_auth_failures_hint_from_controller_log():
