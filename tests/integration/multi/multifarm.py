@@ -145,7 +145,11 @@ class MultiFarm:
             if "is UP" in slurm("scontrol", "ping", check=False):
                 return
             time.sleep(0.5)
-        raise MultiFarmError(f"slurmctld -f {SLURM_CONF} does not answer; see {self.tmp}/log")
+        log = ""
+        for name in sorted(os.listdir(os.path.join(self.tmp, "log"))):
+            with open(os.path.join(self.tmp, "log", name), encoding="utf-8", errors="replace") as fh:
+                log += f"--- {name}\n" + fh.read()[-3000:]
+        raise MultiFarmError(f"slurmctld -f {SLURM_CONF} does not answer:\n{log}")
 
     def stop(self) -> None:
         if self._http is not None:
@@ -179,7 +183,10 @@ def controller_vars(tmp: str, controller: str, nodes: Dict[str, str], bed: Hyper
         "farm_batch_controller_hostname": "localhost",
         "farm_batch_controller_address": controller,
         "farm_batch_controller_port": CTLD_PORT,
-        "farm_batch_controller_no_in_addr_any": True,
+        # listen on every address: with NoCtldInAddrAny slurmctld binds to what its host name
+        # resolves to (localhost: 127.0.0.1), not to the address given in SlurmctldHost, and
+        # neither the guests nor scontrol (which use that address) would reach it
+        "farm_batch_controller_no_in_addr_any": False,
         "farm_batch_controller_state_dir": os.path.join(tmp, "state"),
         "farm_batch_controller_log_dir": os.path.join(tmp, "log"),
         "farm_batch_controller_pid_file": os.path.join(tmp, "slurmctld.pid"),
@@ -227,6 +234,8 @@ def build(bed: HypervisorBed, memory_mib: int = 512) -> MultiFarm:
     start = time.monotonic()
     sha512 = hash_file(image)[1]
     farm.timings["image checksum"] = time.monotonic() - start
+    with open(bed.key + ".pub", encoding="utf-8") as fh:
+        pubkey = fh.read().strip()
     with open("/etc/munge/munge.key", "rb") as fh:
         munge_b64 = base64.b64encode(fh.read()).decode()
     with open(SLURM_CONF, encoding="utf-8") as fh:
@@ -256,6 +265,8 @@ def build(bed: HypervisorBed, memory_mib: int = 512) -> MultiFarm:
             "forwards": [f"{{{{ ansible_host }}}}:{SLURMD_PORT}:{SLURMD_PORT}"],
         },
         "farm_vm_slots_lifetime_spread": 0,
+        # the bed's key logs in to the guests too (through the hypervisor: ProxyJump)
+        "farm_vm_slots_ssh_authorized_keys": [pubkey],
         "farm_vm_slots_batch": {
             "system": "slurm",
             "controller": controller,

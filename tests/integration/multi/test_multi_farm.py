@@ -8,9 +8,11 @@ import os
 import time
 
 import pytest
+import yaml
 
+from tests.integration.inventory.conftest import run_inventory
 from tests.integration.multi.conftest import TIMINGS
-from tests.integration.multi.multifarm import IDENTIFIER, MultiFarm, slurm
+from tests.integration.multi.multifarm import IDENTIFIER, SLURM_CONF, MultiFarm, slurm
 from tests.testbed.bed import libvirt
 
 pytestmark = pytest.mark.multihv
@@ -58,3 +60,33 @@ def test_a_job_on_each_worker(multifarm: MultiFarm) -> None:
         shown = slurm("scontrol", "show", "job", job_id)
         assert f"BatchHost={node}" in shown, shown
         assert "JobState=COMPLETED" in shown and "ExitCode=0:0" in shown, shown
+
+
+def test_inventory_sees_the_three_workers_active(multifarm: MultiFarm, tmp_path) -> None:
+    """The slots inventory over qemu+ssh:// with the batch view: each worker is active (booted,
+    registered, within its lifetime), grouped by its hypervisor, reached through it."""
+    hosts = tmp_path / "hypervisors.yml"
+    hosts.write_text(yaml.safe_dump(multifarm.inventory()))
+    config = tmp_path / "farm.farm.slots.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "plugin": "batchvirt.farm.slots",
+                "hypervisor_group": "hypervisors",
+                "uri_template": multifarm.bed.uri_template(),
+                "batch": {"system": "slurm"},
+                "timeout": 30,
+            }
+        )
+    )
+    start = time.monotonic()
+    run = run_inventory(str(hosts), str(config), env={"SLURM_CONF": SLURM_CONF})
+    TIMINGS["farm: inventory refresh with the batch view"] = round(time.monotonic() - start, 1)
+    assert run.rc == 0, run.stderr[-3000:]
+    for hv in multifarm.bed.hypervisors:
+        node = multifarm.nodes[hv.name]
+        assert run.hosts(f"farm_hypervisor_{hv.name}") == [node], run.stderr[-2000:]
+        hostvars = run.hostvars(node)
+        assert hostvars["farm_domain_state"] == "running", hostvars
+        assert hostvars["farm_lifecycle"] == "active", (hostvars["farm_lifecycle"], run.stderr[-2000:])
+        assert f"ProxyJump=root@{hv.address}:22" in hostvars["ansible_ssh_common_args"], hostvars
