@@ -201,14 +201,33 @@ def controller_vars(tmp: str, controller: str, nodes: Dict[str, str], bed: Hyper
     }
 
 
+def remove_leftovers() -> None:
+    """The slurmctld of an earlier run killed before its clean-up (found by its own slurm.conf)."""
+    stale = subprocess.run(["pgrep", "-f", "slurmctld -f " + SLURM_CONF], capture_output=True, text=True, check=False)
+    for pid in stale.stdout.split():
+        stop_pid(int(pid))
+
+
 def build(bed: HypervisorBed, memory_mib: int = 512) -> MultiFarm:
-    """Controller pieces on this machine, then site.yml against the bed. The caller calls ``stop``."""
+    """Controller pieces on this machine, then site.yml against the bed. The caller calls
+    ``stop`` on the farm returned; a failed build stops what it started itself."""
+    remove_leftovers()
     tmp = tempfile.mkdtemp(prefix="bvt-mfarm-")
     os.chmod(tmp, 0o755)
     for sub in ("state", "log"):
         os.makedirs(os.path.join(tmp, sub))
     controller = bed.hypervisors[0].host_address
     farm = MultiFarm(bed=bed, tmp=tmp, controller=controller)
+    try:
+        _build(farm, bed, memory_mib)
+    except BaseException:
+        farm.stop()
+        raise
+    return farm
+
+
+def _build(farm: MultiFarm, bed: HypervisorBed, memory_mib: int) -> None:
+    tmp, controller = farm.tmp, farm.controller
     # vm_slots names slot n of a hypervisor <hypervisor>-slot-NN: one slot each
     farm.nodes = {hv.name: f"{hv.name}-slot-01" for hv in bed.hypervisors}
 
@@ -284,7 +303,6 @@ def build(bed: HypervisorBed, memory_mib: int = 512) -> MultiFarm:
     start = time.monotonic()
     farm.wait_accepting()
     farm.timings["slots boot and register (TCG)"] = time.monotonic() - start
-    return farm
 
 
 def nodes_of(farm: MultiFarm) -> List[str]:
