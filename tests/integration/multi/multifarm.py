@@ -15,6 +15,7 @@ The network (docs/development.md, "The multi-hypervisor test bed"):
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import http.server
 import os
@@ -99,7 +100,12 @@ class MultiFarm:
             if len(states) == len(self.nodes) and all(s.rstrip("*") in ACCEPTING for s in states.values()):
                 return time.monotonic() - start
             time.sleep(3)
-        raise MultiFarmError(f"not every node accepts jobs after {timeout} s: {self.node_states()}")
+        consoles = ""
+        for hv in self.bed.hypervisors:
+            path = hv.path(f"/var/log/libvirt/qemu/{self.nodes[hv.name]}-console.log")
+            with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as fh:
+                consoles += f"\n--- {hv.name} console\n" + fh.read()[-1500:]
+        raise MultiFarmError(f"not every node accepts jobs after {timeout} s: {self.node_states()}{consoles}")
 
     def job(self, node: str, command: str, timeout: float = 600) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
         """``sbatch --wait`` of ``command`` on ``node``: the exit code is the job's."""
