@@ -223,6 +223,11 @@ class Hypervisor:
         _run([*ns, "ip", "link", "set", "lo", "up"])
         _run([*ns, "ip", "addr", "add", f"{self.address}/30", "dev", "eth0"])
         _run([*ns, "ip", "link", "set", "eth0", "up"])
+        # the bed's whole range through this machine: every host end (198.18.M.1) is an address of
+        # this machine, so a daemon of the controller bound to one of them (the farm's slurmctld,
+        # its image server) is reachable from every hypervisor and from the guests' user-mode
+        # networks; the hypervisors still cannot reach each other (no forwarding here)
+        _run([*ns, "ip", "route", "add", f"{NET_PREFIX}.0.0/15", "via", self.host_address])
         boot = (
             'set -e; R="$1"; mount -t proc proc "$R/proc"; mount -t sysfs -o ro sysfs "$R/sys"; '
             'mount --rbind /dev "$R/dev"; mount -t tmpfs -o mode=755 tmpfs "$R/run"; '

@@ -4,6 +4,7 @@ libvirtd, which Ansible and libvirt reach over SSH like real ones."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from typing import Dict, Iterator
@@ -11,6 +12,7 @@ from typing import Dict, Iterator
 import pytest
 import yaml
 
+from tests.integration.multi.multifarm import MultiFarm, build
 from tests.testbed.ansible import PlaybookResult, run_playbook
 from tests.testbed.hypervisors import HypervisorBed, build_rootfs
 
@@ -71,3 +73,32 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         terminalreporter.write_sep("-", "multi-hypervisor test bed step times (s)")
         for step, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{seconds:8.1f}  {step}")
+
+
+@pytest.fixture(scope="package")
+def multifarm(hvbed: HypervisorBed) -> Iterator[MultiFarm]:
+    """The real farm on the bed (multifarm.py): site.yml run against the three hypervisors, one
+    booted slot each, registered with a slurmctld on this machine. Built once for the package;
+    its slots go with the bed (the hypervisors' PID namespaces and root filesystems)."""
+    start = time.monotonic()
+    farm = None
+    try:
+        farm = build(hvbed)
+        for step, seconds in farm.timings.items():
+            TIMINGS[f"farm: {step}"] = round(seconds, 1)
+        TIMINGS["farm: total build"] = round(time.monotonic() - start, 1)
+        yield farm
+    finally:
+        if farm is not None:
+            farm.stop()
+
+
+def pytest_collection_modifyitems(items) -> None:  # type: ignore[no-untyped-def]
+    """The booted farm (test_multi_farm.py) comes last in this package: the bed's other tests
+    count the slots of each hypervisor and expect only their own."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    places = [i for i, item in enumerate(items) if str(item.fspath).startswith(here + os.sep)]
+    ours = [items[i] for i in places]
+    ordered = sorted(ours, key=lambda item: os.path.basename(str(item.fspath)) == "test_multi_farm.py")
+    for i, item in zip(places, ordered):
+        items[i] = item
