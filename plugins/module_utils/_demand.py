@@ -451,9 +451,12 @@ class _Planner:
             self.count[wt.name] += 1
 
     def old_enough(self, slot: FarmSlot) -> bool:
-        return (
-            slot.created_at is None or (self.now - slot.created_at).total_seconds() >= self.policy.min_slot_age_seconds
-        )
+        """Old enough to drain for re-typing; with no minimum age every slot is, even one whose creation
+        time is ahead of this clock (a hypervisor's clock a little ahead of the controller's)."""
+        min_age = self.policy.min_slot_age_seconds
+        if min_age <= 0 or slot.created_at is None:
+            return True
+        return (self.now - slot.created_at).total_seconds() >= min_age
 
     @staticmethod
     def drain_key(slot: FarmSlot) -> Tuple[int, str, str]:

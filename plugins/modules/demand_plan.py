@@ -135,7 +135,9 @@ options:
         type: float
         default: 600
       min_slot_age_seconds:
-        description: Slots younger than this are never drained for re-typing.
+        description:
+          - Slots younger than this are never drained for re-typing.
+          - V(0) turns the age check off, also for a slot whose creation time is ahead of the controller's clock.
         type: float
         default: 3600
   queue:

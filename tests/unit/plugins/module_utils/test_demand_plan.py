@@ -121,6 +121,13 @@ def test_young_slots_are_not_churned_and_the_note_says_why():
     assert any("younger than min_slot_age_seconds" in n for n in plan.notes)
 
 
+def test_no_minimum_age_drains_a_slot_whose_creation_is_ahead_of_this_clock():
+    ahead = farm("A0 A0", created=NOW + datetime.timedelta(minutes=10))  # the hypervisor's clock runs ahead
+    assert run([wt("A"), B], jobs("B", 1), ahead, {"hv1": 2}).drain == []
+    plan = run([wt("A"), B], jobs("B", 1), ahead, {"hv1": 2}, Policy(2, 600, 0))
+    assert [d["for"] for d in plan.drain] == ["B"]
+
+
 def test_at_most_n_retypings_per_run():
     plan = run([wt("A"), B], jobs("B", 10), farm("A0 " * 10), {"hv1": 10})
     assert len(plan.drain) == 2
