@@ -34,8 +34,8 @@ LAST = "test_removing_a_slot_shuts_its_guest_down_by_acpi_first"
 
 
 def pytest_collection_modifyitems(items) -> None:  # type: ignore[no-untyped-def]
-    """The slot-removal test comes last among this package's tests (the re-typing test, in a file
-    that sorts after it, needs both slots); the order of the others and of other packages stays."""
+    """The slot-removal test comes last among this package's tests, whatever file a later test is
+    in (they need both slots); the order of the others and of other packages stays."""
     here = os.path.dirname(os.path.abspath(__file__))
     places = [i for i, item in enumerate(items) if str(item.fspath).startswith(here + os.sep)]
     ordered = sorted((items[i] for i in places), key=lambda item: item.name == LAST)
