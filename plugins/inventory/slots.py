@@ -144,8 +144,10 @@ options:
     default: 900
   health_grace:
     description:
-      - Seconds a registered node may be reported down, not responding or failed by the batch system (since the
-        time the batch system gives) before its slot is V(failed).
+      - Seconds a registered node may be reported down or failed by the batch system (since the time the batch
+        system gives) before its slot is V(failed).
+      - A node that only misses pings (Slurm's C(NOT_RESPONDING)) keeps its state until the batch system sets it
+        down (Slurm does after C(SlurmdTimeout)); the grace runs from then.
     type: int
     default: 300
 """

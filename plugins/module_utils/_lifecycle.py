@@ -35,7 +35,8 @@ DEFAULT_BOOT_GRACE = 900  # seconds after created_at a slot may take to register
 DEFAULT_HEALTH_GRACE = 300  # seconds a registered node may be reported down before it is failed
 
 # Batch-system node states (normalised by the adapters) that mean "registered once, now broken".
-UNHEALTHY_BATCH_STATES = frozenset(("down", "not_responding", "fail", "failing", "error"))
+NOT_RESPONDING = "not_responding"  # the adapters' normalised state (see _batch.NOT_RESPONDING)
+UNHEALTHY_BATCH_STATES = frozenset(("down", NOT_RESPONDING, "fail", "failing", "error"))
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class BatchView:
     ``state_since``: when the batch system entered that state, when it says (Slurm's reason
     time); without it an unhealthy state counts as failed at once, since the batch system has
     already waited its own timeout (Slurm's ``SlurmdTimeout``) before reporting a node down.
+    ``not_responding`` alone is the exception: Slurm sets it after one missed ping, without a
+    reason (so a reason time read with it belongs to an older event), and turns it into ``down``
+    with a reason of its own after ``SlurmdTimeout``; until then the node keeps its place.
     """
 
     registered: bool
@@ -61,6 +65,11 @@ class BatchView:
     def unhealthy(self) -> bool:
         """The batch system reports the node down, not responding or failed."""
         return self.state.lower() in UNHEALTHY_BATCH_STATES
+
+    @property
+    def awaiting_verdict(self) -> bool:
+        """Not responding to the batch system's pings, which has not given up on the node yet."""
+        return self.state.lower() == NOT_RESPONDING
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ def compute_lifecycle(
             return DRAINED
         return DRAINING
     if batch is not None:
-        if not batch.registered:
+        if not batch.registered and not batch.awaiting_verdict:
             return PROVISIONING
     elif (now - times.created_at).total_seconds() < boot_grace:
         return PROVISIONING
@@ -129,7 +138,10 @@ def _batch_failed(
     Reported down, not responding or failed for ``health_grace`` seconds; or never registered
     ``boot_grace`` seconds after creation. A node that is not registered after its drain
     started was taken out on purpose (a rolling update removes it): that is not a failure.
+    Not responding (without down) is not judged here: the batch system judges it first.
     """
+    if batch.awaiting_verdict:
+        return False
     if batch.unhealthy:
         since = batch.state_since
         return since is None or (now - since).total_seconds() >= health_grace

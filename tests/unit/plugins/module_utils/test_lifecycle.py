@@ -21,8 +21,12 @@ DOWN = BatchView(registered=False)
 BATCH_DRAIN_IDLE = BatchView(registered=True, drain=True, jobs=0)
 BATCH_DRAIN_BUSY = BatchView(registered=True, drain=True, jobs=1)
 REPORTED_DOWN = BatchView(registered=False, state="down")
-NOT_RESPONDING_400S = BatchView(registered=False, state="not_responding", state_since=T0 + 2 * HOUR - 400 * SEC)
-NOT_RESPONDING_100S = BatchView(registered=False, state="not_responding", state_since=T0 + 2 * HOUR - 100 * SEC)
+DOWN_400S = BatchView(registered=False, state="down", state_since=T0 + 2 * HOUR - 400 * SEC)
+DOWN_100S = BatchView(registered=False, state="down", state_since=T0 + 2 * HOUR - 100 * SEC)
+# Slurm's NOT_RESPONDING flag after one missed ping: no reason of its own, so a reason time read with
+# it (sinfo's reason_changed_at) belongs to an older event, here a drain cleared 400 s before
+NOT_RESPONDING_OLD_REASON = BatchView(registered=False, state="not_responding", state_since=T0 + 2 * HOUR - 400 * SEC)
+NOT_RESPONDING = BatchView(registered=False, state="not_responding")
 
 CASES = [
     # id, times, now, running, batch, expected
@@ -43,8 +47,14 @@ CASES = [
     ("not-registered-within-boot-grace-is-provisioning", TIMES, T0 + 899 * SEC, True, DOWN, lc.PROVISIONING),
     ("not-registered-after-boot-grace-is-failed", TIMES, T0 + 900 * SEC, True, DOWN, lc.FAILED),
     ("reported-down-is-failed", TIMES, T0 + 2 * HOUR, True, REPORTED_DOWN, lc.FAILED),
-    ("not-responding-past-health-grace-is-failed", TIMES, T0 + 2 * HOUR, True, NOT_RESPONDING_400S, lc.FAILED),
-    ("not-responding-within-health-grace", TIMES, T0 + 2 * HOUR, True, NOT_RESPONDING_100S, lc.PROVISIONING),
+    ("down-past-health-grace-is-failed", TIMES, T0 + 2 * HOUR, True, DOWN_400S, lc.FAILED),
+    ("down-within-health-grace", TIMES, T0 + 2 * HOUR, True, DOWN_100S, lc.PROVISIONING),
+    # Slurm judges a node that misses pings first (down after SlurmdTimeout): until then it keeps its state
+    ("not-responding-waits-for-the-batch-verdict", TIMES, T0 + 2 * HOUR, True, NOT_RESPONDING_OLD_REASON, lc.ACTIVE),
+    ("not-responding-without-time-is-not-failed", TIMES, T0 + 2 * HOUR, True, NOT_RESPONDING, lc.ACTIVE),
+    ("not-responding-after-boot-grace-is-not-failed", TIMES, T0 + 900 * SEC, True, NOT_RESPONDING, lc.ACTIVE),
+    ("not-responding-near-drain-is-expiring", TIMES, T0 + 23 * HOUR, True, NOT_RESPONDING, lc.EXPIRING),
+    ("not-responding-while-draining", TIMES, T0 + 30 * HOUR, True, NOT_RESPONDING, lc.DRAINED),
     ("down-while-draining-is-failed", TIMES, T0 + 30 * HOUR, True, REPORTED_DOWN, lc.FAILED),
     ("crashed-domain-is-failed", TIMES, T0 + 2 * HOUR, False, None, lc.FAILED),
     ("crashed-domain-past-deadline-is-expired", TIMES, T0 + 72 * HOUR, False, None, lc.EXPIRED),
@@ -75,8 +85,8 @@ def test_failed_slots_are_not_enabled_for_awx():
 
 def test_health_grace_is_a_parameter():
     now = T0 + 2 * HOUR
-    assert lc.compute_lifecycle(TIMES, now, True, NOT_RESPONDING_400S, health_grace=600) == lc.PROVISIONING
-    assert lc.compute_lifecycle(TIMES, now, True, NOT_RESPONDING_100S, health_grace=60) == lc.FAILED
+    assert lc.compute_lifecycle(TIMES, now, True, DOWN_400S, health_grace=600) == lc.PROVISIONING
+    assert lc.compute_lifecycle(TIMES, now, True, DOWN_100S, health_grace=60) == lc.FAILED
 
 
 def test_every_state_is_reachable_in_the_table():
