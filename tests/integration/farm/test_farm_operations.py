@@ -436,9 +436,10 @@ def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_jo
     now = farmbed.iso(format_time(utcnow()), 300 + 60)  # down for longer than the health grace (300 s)
 
     first = farm.run("recycle.yml", now=now)
-    assert first.rc == 0, first.stdout[-6000:]
+    assert first.rc == 0, (farm.node_states(), first.stdout[-6000:])
     plan = _debug_msg(first, "Show what will be recycled")
-    assert plan["replace_failed"] == [name] and plan["in_backoff"] == {}, plan
+    assert plan["replace_failed"] == [name] and plan["in_backoff"] == {}, (farm.node_states(), plan)
+    assert plan["failed_batch_state"] == {name: "down"}, plan
     assert set(other) <= set(plan["left_alone"]), plan
     summary = _summary(first, "farm_recycle_summary")
     assert list(summary["backoff"]) == [name] and summary["replaced"] == {} and summary["failed"] == {}, summary

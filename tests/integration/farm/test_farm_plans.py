@@ -154,6 +154,8 @@ def test_recycle_plan_replaces_failed_slots_and_leaves_slots_in_backoff_alone(tm
     assert result.rc == 0, result.stdout[-3000:]
     plan = _msg(result, "Show what will be recycled")
     assert plan["replace_failed"] == ["hv01-slot-crashed"], plan
+    # no batch view in this inventory: the plan says the batch system has no word on it
+    assert plan["failed_batch_state"] == {"hv01-slot-crashed": "not known to the batch system"}, plan
     assert plan["in_backoff"] == {"hv01-slot-held": "2026-11-22T07:00:00Z"}, plan
     assert plan["image_backoff"] == {"hv01 " + image: ["hv01-slot-held until 2026-11-22T07:00:00Z (3 failures)"]}, plan
     assert plan["replace_after_backoff"] == ["hv01-slot-passed"], plan
