@@ -218,6 +218,10 @@ class BatchAdapter:
             "Check the name (the slot's node name), or register the node first (state=present)."
         )
 
+    # Whether register() sets the features of a node the batch system knows already (Slurm:
+    # ``scontrol update availablefeatures=``); HTCondor execute nodes advertise their own.
+    updates_features = False
+
     # -- actions -------------------------------------------------------------------------------
     def register(self, node: str, **params: Any) -> bool:
         """Make ``node`` known to the batch system; True when something changed."""
@@ -467,6 +471,9 @@ def manage_nodes(
         todo = [n for n in nodes if not before[n].known]
         if params.get("address"):
             todo += [n for n in nodes if before[n].known and before[n].address != params["address"]]
+        if params.get("features") and adapter.updates_features:
+            wanted = set(params["features"])
+            todo += [n for n in nodes if before[n].known and n not in todo and set(before[n].features) != wanted]
         if not check_mode:
             for n in todo:
                 adapter.register(n, status=before[n], **params)

@@ -55,6 +55,7 @@ class SlurmAdapter(BatchAdapter):
     """Slurm through its command-line clients."""
 
     system = "slurm"
+    updates_features = True
 
     def __init__(
         self,
@@ -214,7 +215,10 @@ class SlurmAdapter(BatchAdapter):
 
     def register(self, node: str, **params: Any) -> bool:
         """Make ``node`` known: create it as a dynamic node (``scontrol create``) when absent,
-        update its address when ``address`` differs.
+        update its address when ``address`` differs and its features when ``features`` differ
+        (``availablefeatures=`` and ``activefeatures=`` together: Slurm refuses new available
+        features that leave out an active one; a static node keeps them until slurmctld re-reads
+        slurm.conf).
 
         Params: ``address``, ``features`` (list), ``cpus``, ``memory`` (MiB),
         ``node_state`` (``FUTURE`` or ``CLOUD``, for a node created here), ``status`` (a
@@ -223,14 +227,30 @@ class SlurmAdapter(BatchAdapter):
         status = params.get("status") or self.bulk_status([node])[node]
         address = params.get("address")
         if status.known:
+            changed = False
             if address and status.address != address:
                 self._check(
                     ["scontrol", "update", f"nodename={node}", f"nodeaddr={address}"],
                     f"setting the address of {node}",
                     [node],
                 )
-                return True
-            return False
+                changed = True
+            wanted = [str(f) for f in params.get("features") or []]
+            if wanted and set(status.features) != set(wanted):
+                # both at once: Slurm refuses available features that leave out an active one
+                self._check(
+                    [
+                        "scontrol",
+                        "update",
+                        f"nodename={node}",
+                        "availablefeatures=" + ",".join(wanted),
+                        "activefeatures=" + ",".join(wanted),
+                    ],
+                    f"setting the features of {node}",
+                    [node],
+                )
+                changed = True
+            return changed
         argv = ["scontrol", "create", f"nodename={node}", "state=" + str(params.get("node_state") or "FUTURE")]
         if address:
             argv.append(f"nodeaddr={address}")

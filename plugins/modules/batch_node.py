@@ -99,6 +99,9 @@ options:
   features:
     description:
       - With O(state=present), the features of a node created here (for example the worker type).
+      - With O(state=present) and O(system=slurm), also the features of a node Slurm knows already
+        when they differ (available and active features together), for a static node re-created
+        as another worker type. Slurm keeps them until C(slurmctld) re-reads C(slurm.conf).
     type: list
     elements: str
     default: []

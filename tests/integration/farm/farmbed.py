@@ -39,6 +39,12 @@ SLURMD_PORT_BASE = 27901
 IMAGE_ROOT = "/var/lib/batchvirt/bvt-farm-images"
 GOLDEN_TYPE = "bvtfarmgold"  # the farm's golden VM is golden-<type>
 GOLDEN_SSH_PORT = 27298
+# The worker types the farm's tests declare (test_farm_retype.py). Slurm refuses a job whose
+# --constraint names a feature that no node of its configuration has ("Invalid feature
+# specification"), also before the first slot of that type exists: one placeholder node that never
+# runs (State=DOWN) carries every type's features, so such a job is accepted and waits.
+WORKER_TYPES = ("bvta", "bvtb")
+TYPES_NODE = HYPERVISOR + "-types"
 # Node states that count as capacity in service. "completing" is a node whose job just ended and
 # whose epilog runs: it was not taken out of service and takes the next job a moment later.
 ACCEPTING = ("idle", "allocated", "mixed", "completing")
@@ -289,6 +295,15 @@ def controller_vars(tmp: str, names: List[str]) -> Dict[str, Any]:
                 "features": ["bvtfarm"],
             }
             for i, n in enumerate(names)
+        ]
+        + [
+            {
+                "name": TYPES_NODE,
+                "address": "127.0.0.1",
+                "port": SLURMD_PORT_BASE + 98,  # nothing listens there
+                "features": ["bvtfarm", *WORKER_TYPES],
+                "state": "DOWN",
+            }
         ],
     }
 

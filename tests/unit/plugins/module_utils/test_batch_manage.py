@@ -170,6 +170,19 @@ def test_resumed_and_present():
     assert adapter.actions == [("register", "new")]
 
 
+def test_present_with_features_updates_known_nodes_whose_features_differ():
+    same = NodeStatus(name="a", state="idle", registered=True, features=("typeb",))
+    other = NodeStatus(name="b", state="idle", registered=True, features=("typea",))
+    adapter = Scripted(snap(same, other))
+    adapter.updates_features = True
+    res = manage_nodes(adapter, ["a", "b"], "present", register_params={"features": ["typeb"]})
+    assert adapter.actions == [("register", "b")] and res["changed"]
+    # an adapter that cannot set a known node's features (HTCondor) is not asked to
+    adapter = Scripted(snap(same, other))
+    res = manage_nodes(adapter, ["a", "b"], "present", register_params={"features": ["typeb"]})
+    assert adapter.actions == [] and not res["changed"]
+
+
 def test_present_wait_timeout_names_unregistered_nodes():
     adapter = Scripted(snap(st("a", "idle"), st("n", "not_responding")))
     clock = Clock()

@@ -264,6 +264,31 @@ def test_register_creates_dynamic_node_and_updates_address():
     assert ["scontrol", "update", "nodename=bx1", "nodeaddr=127.0.0.9"] in runner.calls
 
 
+def test_register_sets_the_features_of_a_known_node_when_they_differ():
+    """A static node re-created as another worker type: the controller gets the type's features
+    (a job's --constraint=<type> matches it); the same features are no change."""
+    runner = Recorded(
+        {
+            ("sinfo", "--json"): (0, fixture("sinfo_drained.json"), ""),
+            ("scontrol", "-o", "-F"): (0, fixture("scontrol_drained.txt"), ""),
+            ("scontrol", "update"): (0, "", ""),
+        }
+    )
+    adapter = get_adapter("slurm", runner=runner)
+    before = adapter.bulk_status(["bx1"])["bx1"]
+    assert adapter.register("bx1", features=list(before.features)) is False
+    assert not [c for c in runner.calls if c[:2] == ["scontrol", "update"]]
+    assert adapter.register("bx1", features=["typeb", "ssd"]) is True
+    # active and available together: "Active features not subset of available features" otherwise
+    assert [
+        "scontrol",
+        "update",
+        "nodename=bx1",
+        "availablefeatures=typeb,ssd",
+        "activefeatures=typeb,ssd",
+    ] in runner.calls
+
+
 def test_auth_failures_hint_from_controller_log():
     log = fixture("slurmctld_auth_failures.log")
     hint = parse.auth_failures_hint(log, "2026-11-21T06:33:00")
