@@ -5,8 +5,17 @@
 WLCG pilots (DIRAC and others) read ``$MACHINEFEATURES/<key>`` files: one value per file,
 text, no newline needed. The slot module writes them through cloud-init ``write_files`` at the
 VM's first boot and exports ``MACHINEFEATURES`` for every login and PAM session
-(``/etc/environment``, ``/etc/profile.d``). ``$JOBFEATURES`` is per job and needs the batch
-system's prolog configured on the controller; it is not written here.
+(``/etc/environment``, ``/etc/profile.d``).
+
+``$JOBFEATURES`` is per job: with Slurm and a ``slurm.conf`` the slot writes itself (not
+configless), the VM's ``slurm.conf`` gets a ``TaskProlog`` (:data:`TASK_PROLOG`) that writes the
+job's files under ``/run/jobfeatures/<job id>`` and prints ``export JOBFEATURES=<dir>`` (Slurm
+puts that into the task's environment), and an ``Epilog`` that removes the directory when the
+job ends. The wall limit comes from ``squeue`` in the VM (Slurm 22.05 puts no time limit in the
+task's environment), so the image needs the Slurm client commands (``slurm-client``).
+
+When a slot's drain starts early, :func:`shutdowntime` gives the moved time and the
+``slot_drain`` module rewrites the file through the QEMU guest agent (``_guest_agent``).
 """
 
 from __future__ import annotations
@@ -59,6 +68,24 @@ def machine_features(
     return files
 
 
+def shutdowntime(
+    drain_at: datetime.datetime,
+    deadline: datetime.datetime,
+    drain_requested_at: Optional[datetime.datetime] = None,
+) -> datetime.datetime:
+    """When the VM goes away at the latest: the slot's deadline, or, when its drain was requested
+    before its planned drain time, the request plus the same job walltime the deadline leaves
+    after ``drain_at`` (``deadline - drain_at``), whichever is earlier."""
+    if drain_requested_at is None or drain_requested_at >= drain_at:
+        return deadline
+    return min(deadline, drain_requested_at + (deadline - drain_at))
+
+
+def shutdowntime_content(when: datetime.datetime) -> bytes:
+    """The ``shutdowntime`` file's content, as cloud-init writes it at the first boot."""
+    return (str(int(when.timestamp())) + "\n").encode("ascii")
+
+
 def cloud_init_machine_features(files: Dict[str, str], path: str = DEFAULT_PATH) -> Dict[str, List[Any]]:
     """cloud-init ``write_files`` for the MJF files and the ``MACHINEFEATURES`` variable."""
     if not path.startswith("/") or any(c in path for c in "\n\"'$`\\ "):
@@ -88,3 +115,80 @@ def cloud_init_machine_features(files: Dict[str, str], path: str = DEFAULT_PATH)
         }
     )
     return {"write_files": write}
+
+
+JOBFEATURES_DIR = "/run/jobfeatures"
+TASK_PROLOG = "/etc/slurm/batchvirt-jobfeatures-prolog"
+EPILOG = "/etc/slurm/batchvirt-jobfeatures-epilog"
+
+_TASK_PROLOG_SCRIPT = r"""#!/bin/sh
+# written by batchvirt.farm at first boot: HEPiX $JOBFEATURES of this job (Slurm TaskProlog, run
+# as the job's user before each task; an "export" line on stdout goes into the task's environment)
+PATH=${PATH:+$PATH:}/usr/local/bin:/usr/bin:/bin  # Slurm sets no search path for prologs
+export PATH
+[ -n "$SLURM_JOB_ID" ] || exit 0
+dir=@DIR@/$SLURM_JOB_ID
+mkdir -p "$dir" 2>/dev/null && [ -w "$dir" ] || exit 0
+[ -s "$dir/jobstart_secs" ] || date +%s > "$dir/jobstart_secs"
+echo "$SLURM_JOB_ID" > "$dir/job_id"
+echo "${SLURM_CPUS_ON_NODE:-1}" > "$dir/allocated_cpu"
+if [ -n "$SLURM_MEM_PER_NODE" ]; then echo $((SLURM_MEM_PER_NODE * 1048576)) > "$dir/max_rss_bytes"; fi
+# the time limit: [days-]hours:minutes:seconds, minutes:seconds, or UNLIMITED (no file then)
+limit=$(squeue -h -j "$SLURM_JOB_ID" -o %l 2>/dev/null | head -n 1)
+case "$limit" in
+  [0-9]*)
+    case "$limit" in *-*) days=${limit%%-*}; rest=${limit#*-} ;; *) days=0; rest=$limit ;; esac
+    echo "$rest" | awk -F: -v d="$days" '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; print s + d * 86400 }' \
+      > "$dir/wall_limit_secs.tmp" && mv "$dir/wall_limit_secs.tmp" "$dir/wall_limit_secs"
+    ;;
+esac
+echo "export JOBFEATURES=$dir"
+exit 0
+"""
+
+_EPILOG_SCRIPT = r"""#!/bin/sh
+# written by batchvirt.farm at first boot: remove the job's $JOBFEATURES (Slurm Epilog, root)
+PATH=${PATH:+$PATH:}/usr/local/bin:/usr/bin:/bin  # Slurm sets no search path for epilogs
+case "$SLURM_JOB_ID" in ''|*[!0-9_]*) exit 0 ;; esac
+rm -rf "@DIR@/$SLURM_JOB_ID"
+exit 0
+"""
+
+
+def slurm_conf_with_job_features(text: str) -> str:
+    """The VM's ``slurm.conf`` with the job features ``TaskProlog`` and ``Epilog``; a site's own
+    ``TaskProlog`` or ``Epilog`` is kept (then that one is not added)."""
+    keys = {line.split("=", 1)[0].strip().lower() for line in text.splitlines() if "=" in line}
+    extra = []
+    if "taskprolog" not in keys:
+        extra.append(f"TaskProlog={TASK_PROLOG}")
+    if "epilog" not in keys:
+        extra.append(f"Epilog={EPILOG}")
+    if not extra:
+        return text
+    return text.rstrip("\n") + "\n# HEPiX $JOBFEATURES (batchvirt.farm)\n" + "\n".join(extra) + "\n"
+
+
+def cloud_init_job_features() -> Dict[str, List[Any]]:
+    """cloud-init ``write_files`` and ``runcmd`` for the job features scripts and their directory."""
+    write: List[Any] = [
+        {
+            "path": TASK_PROLOG,
+            "content": _TASK_PROLOG_SCRIPT.replace("@DIR@", JOBFEATURES_DIR),
+            "owner": "root:root",
+            "permissions": "0755",
+        },
+        {
+            "path": EPILOG,
+            "content": _EPILOG_SCRIPT.replace("@DIR@", JOBFEATURES_DIR),
+            "owner": "root:root",
+            "permissions": "0755",
+        },
+        {
+            "path": "/etc/tmpfiles.d/batchvirt-jobfeatures.conf",
+            "content": f"d {JOBFEATURES_DIR} 1777 root root -\n",
+            "owner": "root:root",
+            "permissions": "0644",
+        },
+    ]
+    return {"write_files": write, "runcmd": [["install", "-d", "-m", "1777", JOBFEATURES_DIR]]}

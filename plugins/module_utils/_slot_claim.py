@@ -16,6 +16,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from ansible_collections.batchvirt.farm.plugins.module_utils import _guest_agent, _mjf
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import load_slot, write_metadata
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import (
@@ -25,6 +26,9 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata impo
     to_xml,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time, parse_time
+
+UNCHANGED = "unchanged"  # shutdowntime does not move (no early drain, or nothing changed)
+SKIPPED = "skipped"  # it would move, but check mode or machine_features_update=false
 
 
 class SlotClaimError(FarmError):
@@ -40,6 +44,9 @@ class ClaimResult:
     msg: str = ""
     diff: Optional[Dict[str, str]] = None
     meta: Optional[SlotMetadata] = None  # the metadata to write when changed
+    # $MACHINEFEATURES/shutdowntime inside the VM: what happened to it and the time it should show
+    machinefeatures: str = UNCHANGED
+    shutdowntime: Optional[int] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return {
@@ -48,6 +55,8 @@ class ClaimResult:
             "changed": self.changed,
             "drain": self.drain,
             "msg": self.msg,
+            "machinefeatures": self.machinefeatures,
+            "shutdowntime": self.shutdowntime,
         }
 
 
@@ -111,6 +120,36 @@ def plan_claim(
     return result
 
 
+def shutdowntime_target(result: ClaimResult, state: str) -> Optional[SlotMetadata]:
+    """The metadata whose shutdowntime the VM should show after this claim, or None when the file
+    does not move: a claim that drains early moves it forward, a release moves it back."""
+    if result.meta is None:
+        return None
+    meta = result.meta
+    if state == "requested":
+        if not result.claimed:
+            return None
+        when = _mjf.shutdowntime(meta.drain_at, meta.deadline, meta.drain_requested_at)
+        return meta if when < meta.deadline else None
+    return meta if result.changed else None
+
+
+def publish_shutdowntime(
+    dom: Any, result: ClaimResult, state: str, path: str, timeout: int, enabled: bool, check_mode: bool
+) -> None:
+    """Rewrite ``<path>/shutdowntime`` in the running VM when this claim moves it (best effort)."""
+    meta = shutdowntime_target(result, state)
+    if meta is None:
+        return
+    when = _mjf.shutdowntime(meta.drain_at, meta.deadline, meta.drain_requested_at)
+    result.shutdowntime = int(when.timestamp())
+    if check_mode or not enabled:
+        result.machinefeatures = SKIPPED
+        return
+    target = path.rstrip("/") + "/shutdowntime"
+    result.machinefeatures = _guest_agent.replace_file(dom, target, _mjf.shutdowntime_content(when), timeout)
+
+
 def run_claims(
     conn: Any,
     names: Sequence[str],
@@ -122,8 +161,12 @@ def run_claims(
     now: datetime.datetime,
     force: bool = False,
     check_mode: bool = False,
+    mjf_path: str = _mjf.DEFAULT_PATH,
+    mjf_update: bool = True,
+    agent_timeout: int = _guest_agent.DEFAULT_TIMEOUT,
 ) -> List[ClaimResult]:
-    """Claim or clear the drain of each named slot on the hypervisor behind ``conn``."""
+    """Claim or clear the drain of each named slot on the hypervisor behind ``conn``, and move
+    ``$MACHINEFEATURES/shutdowntime`` inside each VM whose drain starts early (or is cleared)."""
     if owner not in DRAIN_OWNERS:
         raise SlotClaimError("owner must be one of %s, got %r" % (", ".join(DRAIN_OWNERS), owner), "owner")
     if state == "requested" and not reason:
@@ -135,6 +178,7 @@ def run_claims(
         result = plan_claim(meta, state, owner, operation, reason, until_time, now, force)
         if result.changed and result.meta is not None and not check_mode:
             write_metadata(dom, result.meta)
+        publish_shutdowntime(dom, result, state, mjf_path, agent_timeout, mjf_update, check_mode)
         results.append(result)
     return results
 
@@ -160,6 +204,9 @@ def run_module(connect: Any, params: Dict[str, Any], check_mode: bool, diff_mode
             now,
             force=bool(params.get("force")),
             check_mode=check_mode,
+            mjf_path=params.get("machine_features_path") or _mjf.DEFAULT_PATH,
+            mjf_update=params.get("machine_features_update", True) is not False,
+            agent_timeout=int(params.get("agent_timeout") or _guest_agent.DEFAULT_TIMEOUT),
         )
     finally:
         conn.close()

@@ -54,11 +54,22 @@ def seed_files(plan: SlotPlan, meta: SlotMetadata) -> Dict[str, str]:
     """user-data, meta-data and (static address or DHCP by MAC) network-config of the seed ISO."""
     registration = None
     batch = plan.batch
+    mjf = plan.seed.machine_features
     if batch.controller:
         from ansible_collections.batchvirt.farm.plugins.module_utils._batch import (
             BatchError,
             cloud_init_registration,
         )
+
+        slurm_conf = batch.slurm_conf
+        job_features = None
+        if mjf is not None and mjf.get("job_features", True) is not False:
+            from ansible_collections.batchvirt.farm.plugins.module_utils import _mjf
+
+            if batch.system == "slurm" and slurm_conf is not None:
+                # $JOBFEATURES: a TaskProlog in the slurm.conf the VM gets (not possible configless)
+                slurm_conf = _mjf.slurm_conf_with_job_features(slurm_conf)
+                job_features = _mjf.cloud_init_job_features()
 
         try:
             registration = cloud_init_registration(
@@ -67,13 +78,14 @@ def seed_files(plan: SlotPlan, meta: SlotMetadata) -> Dict[str, str]:
                 controller=batch.controller,
                 munge_key=batch.munge_key,
                 features=batch.features,
-                slurm_conf=batch.slurm_conf,
+                slurm_conf=slurm_conf,
                 dynamic=batch.dynamic,
                 controller_port=batch.controller_port,
             )
         except BatchError as exc:
             raise SlotError(f"batch: {exc}", "batch") from None
-    mjf = plan.seed.machine_features
+        # the job features directory exists before slurmd is restarted (their runcmd first)
+        registration = _seed.merge_user_data(job_features, registration)
     if mjf is not None:
         from ansible_collections.batchvirt.farm.plugins.module_utils import _mjf
 

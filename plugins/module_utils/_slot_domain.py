@@ -19,6 +19,7 @@ _Q = f"{{{QEMU_NS}}}"
 SLOT_UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://batchvirt.farm/slot")
 USER_NET_PCI_ADDR = "0x10"  # explicit slot for the user-mode NIC (else it clashes with libvirt's disks)
 TB_CACHE_MIB = 128
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 
 def slot_uuid(hypervisor: str, name: str) -> str:
@@ -164,6 +165,11 @@ def domain_xml(spec: DomainSpec) -> str:
     _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
+    # the QEMU guest agent's channel: the hypervisor rewrites $MACHINEFEATURES/shutdowntime through
+    # it (slot_drain). Not in the fingerprint: a slot defined before it existed is not drifted.
+    channel = _sub(devices, "channel", type="unix")
+    _sub(channel, "source", mode="bind")
+    _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
     _sub(devices, "memballoon", model="none")
     if spec.network_mode == "user":
         commandline = _sub(dom, _Q + "commandline")

@@ -16,7 +16,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import libvirt
-from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import DRAINED, EXPIRED, STOPPED
+from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import DRAINED, EXPIRED, FAILED, STOPPED
 from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import last_lines, tail
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_domain import lvm_remove_commands
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_end import (
@@ -161,17 +161,42 @@ def _remove_one(
     return result
 
 
+def _domain_error(dom: Any) -> bool:
+    """libvirt reports the domain crashed, or paused on an error (the lifecycle's ``failed``)."""
+    try:
+        state, reason = dom.state()
+    except libvirt.libvirtError:
+        return False
+    return state == libvirt.VIR_DOMAIN_CRASHED or (
+        state == libvirt.VIR_DOMAIN_PAUSED
+        and reason in (libvirt.VIR_DOMAIN_PAUSED_IOERROR, libvirt.VIR_DOMAIN_PAUSED_CRASHED)
+    )
+
+
 def _removable_state(host: SlotHost, dom: Any, meta: SlotMetadata, view: Any, force: bool) -> str:
-    """The slot's lifecycle state, or SlotError when it may still run jobs and not ``force``."""
-    state = meta.lifecycle(host.now, bool(dom.isActive()), view)
-    if not force and state not in (STOPPED, DRAINED, EXPIRED):
-        raise SlotError(
-            "slot %s is %s (drain_at %s, deadline %s): it may run jobs; drain it (state=draining) and "
-            "wait until it is drained, stop it, or pass force=true"
-            % (dom.name(), state, format_time(meta.drain_at), format_time(meta.deadline)),
-            "force",
-        )
-    return state
+    """The slot's lifecycle state, or SlotError when it may still run jobs and not ``force``.
+
+    Removable without ``force``: stopped, drained and expired slots, and a ``failed`` slot on
+    whose node the batch system shows no job (a crashed domain, or a node that is down, not
+    responding or never registered: nothing the batch system knows of runs there). The
+    failure is judged without the inventory's graces (``boot_grace`` and ``health_grace`` decide
+    when recycle.yml acts, not whether a job can be lost): a node that is unhealthy right now and
+    runs no job is removable.
+    """
+    active = bool(dom.isActive())
+    domain_error = active and _domain_error(dom)
+    state = meta.lifecycle(host.now, active, view, domain_error=domain_error)
+    if force or state in (STOPPED, DRAINED, EXPIRED):
+        return state
+    failed = meta.lifecycle(host.now, active, view, domain_error=domain_error, boot_grace=0, health_grace=0)
+    if failed == FAILED and (domain_error or (view is not None and view.jobs == 0)):
+        return FAILED
+    raise SlotError(
+        "slot %s is %s (drain_at %s, deadline %s): it may run jobs; drain it (state=draining) and "
+        "wait until it is drained, stop it, or pass force=true"
+        % (dom.name(), state, format_time(meta.drain_at), format_time(meta.deadline)),
+        "force",
+    )
 
 
 def _remove_domain(host: SlotHost, dom: Any, meta: SlotMetadata, state: str, result: SlotResult) -> None:

@@ -200,7 +200,9 @@ options:
       - V(present) the slot is defined (not started); V(running) defined and running (a stopped slot is started,
         a missing one created); V(draining) records an operator drain request with O(drain_reason) in its metadata;
         V(absent) removes the domain, its overlay and its seed ISO.
-      - V(absent) refuses a slot that is neither stopped, drained nor past its deadline unless O(force=true).
+      - V(absent) refuses a slot that is neither stopped, drained nor past its deadline unless O(force=true);
+        a V(failed) slot is accepted without O(force) when O(batch) is given and the batch system shows no
+        job on its node (down, not responding or never registered), or libvirt reports its domain crashed.
     type: str
     choices: [present, running, draining, absent]
     default: running
@@ -427,6 +429,16 @@ options:
         description: Seconds jobs get between the shutdown request and the hard stop (match O(shutdown_timeout)).
         type: int
         default: 60
+      job_features:
+        description:
+          - Publish C($JOBFEATURES) per job (Slurm with O(batch.slurm_conf) only; a configless VM takes the
+            controller's C(slurm.conf) as it is). The VM's C(slurm.conf) gets a C(TaskProlog) that writes
+            C(job_id), C(allocated_cpu), C(jobstart_secs), C(wall_limit_secs) (the job's time limit, from
+            C(squeue), so the image needs C(slurm-client)) and C(max_rss_bytes) (with C(--mem)) under
+            C(/run/jobfeatures/<job id>) and exports C(JOBFEATURES) into the job's tasks, and an C(Epilog)
+            that removes the directory. A C(TaskProlog) or C(Epilog) already in O(batch.slurm_conf) is kept.
+        type: bool
+        default: true
   shutdown_timeout:
     description:
       - With O(state=absent), a running slot first gets an ACPI shutdown request (its power button)
@@ -740,6 +752,7 @@ ARGUMENT_SPEC = {
             "hs06": {"type": "float"},
             "jobslots": {"type": "int"},
             "grace_secs": {"type": "int", "default": 60},
+            "job_features": {"type": "bool", "default": True},
         },
     },
     "end_reason": {"type": "int", "choices": [100, 200, 300, 400, 500, 600]},

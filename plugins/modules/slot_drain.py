@@ -19,6 +19,13 @@ description:
   - The batch system is not asked here; drain the node with M(batchvirt.farm.batch_node). The
     C(slot) module's O(batchvirt.farm.slot#module:state=draining) records a drain owned by V(operator).
   - Metadata with a drain owner is written with schema 2; other metadata stays schema 1.
+  - When a claim drains a slot before its planned drain time, C($MACHINEFEATURES/shutdowntime)
+    inside the running VM moves to the new end (the request time plus the job walltime the slot's
+    deadline leaves after its drain time, never later than the deadline); O(state=cleared) moves it
+    back to the deadline. The file is rewritten through the QEMU guest agent (the slot's
+    C(org.qemu.guest_agent.0) channel, C(qemu-guest-agent) in the image), best effort within
+    O(agent_timeout); the result says per slot whether the guest got it (RV(slots[].machinefeatures)),
+    and a guest without the agent never fails the task.
 author:
   - batchvirt.farm contributors (@batchvirt)
 extends_documentation_fragment:
@@ -77,6 +84,21 @@ options:
     description: Claim or clear whoever owns the slot (an operator who knows that operation is gone).
     type: bool
     default: false
+  machine_features_path:
+    description:
+      - The C($MACHINEFEATURES) directory inside the VMs (the C(slot) module's
+        O(batchvirt.farm.slot#module:machine_features.path)). Only an existing C(shutdowntime) file
+        there is rewritten.
+    type: str
+    default: /etc/machinefeatures
+  machine_features_update:
+    description: Move C(shutdowntime) inside the VM when the drain starts early or is cleared.
+    type: bool
+    default: true
+  agent_timeout:
+    description: Seconds each guest agent command may take before the guest is reported as V(no_agent).
+    type: int
+    default: 10
 notes:
   - E(BATCHVIRT_FARM_NOW) replaces the clock, as for the C(slot) module.
 seealso:
@@ -114,6 +136,8 @@ slots:
       claimed: true
       changed: true
       msg: drain recorded
+      machinefeatures: updated
+      shutdowntime: 1796371200
       drain:
         requested: true
         reason: DSA-5999 kernel
@@ -121,6 +145,21 @@ slots:
         owner: rolling_update
         operation: 3f1c2a9d5be84f0e9c1d0e6b7a8f9c10
         until: "2026-12-04T09:00:00Z"
+  contains:
+    machinefeatures:
+      description:
+        - What happened to C($MACHINEFEATURES/shutdowntime) inside the VM. V(updated) the guest agent
+          rewrote it; V(unchanged) it does not move (no early drain, or a release that changed
+          nothing); V(skipped) it would move (check mode, O(machine_features_update=false));
+          V(not_running) the domain is shut off; V(no_agent) the domain has no agent channel or no
+          agent answers; V(no_file) the VM has no such file (machine features not published there);
+          V(failed) followed by the agent's error otherwise.
+      type: str
+      returned: always
+    shutdowntime:
+      description: The time the VM's C(shutdowntime) should show (Unix seconds) when it moves, else V(null).
+      type: int
+      returned: always
 claimed:
   description: Whether every named slot is now owned by this request (V(requested)).
   returned: always
@@ -152,6 +191,9 @@ def main() -> None:
             "expires_at": {"type": "str", "default": ""},
             "on_owned": {"type": "str", "choices": ["report", "fail"], "default": "report"},
             "force": {"type": "bool", "default": False},
+            "machine_features_path": {"type": "str", "default": "/etc/machinefeatures"},
+            "machine_features_update": {"type": "bool", "default": True},
+            "agent_timeout": {"type": "int", "default": 10},
         },
         needs_libvirt=True,
         supports_check_mode=True,
