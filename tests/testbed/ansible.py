@@ -8,7 +8,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Type, Union
 
 import ansible_runner
 
@@ -127,3 +127,12 @@ def run_playbook(
     finally:
         if own_dir:
             shutil.rmtree(pdd, ignore_errors=True)
+
+
+def check_playbook(
+    result: PlaybookResult, what: str, error: Type[Exception] = AssertionError, tail: int = 6000
+) -> PlaybookResult:
+    """``result`` when the playbook succeeded, else ``error`` naming ``what`` with its output's end."""
+    if result.rc != 0:
+        raise error(f"{what} failed (rc {result.rc}):\n{result.stdout[-tail:]}")
+    return result

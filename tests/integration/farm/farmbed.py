@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file
-from tests.testbed.ansible import LOCALHOST, ROOT, PlaybookResult, run_playbook
+from tests.testbed import slurmcli
+from tests.testbed.ansible import LOCALHOST, ROOT, PlaybookResult, check_playbook, run_playbook
 from tests.testbed.processes import read_pid, stop_pid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,23 +63,12 @@ class FarmError(AssertionError):
 
 
 def _check(result: PlaybookResult, what: str) -> PlaybookResult:
-    if result.rc != 0:
-        raise FarmError(f"{what} failed (rc {result.rc}):\n{result.stdout[-6000:]}")
-    return result
+    return check_playbook(result, what, FarmError)
 
 
 def slurm(*argv: str, check: bool = True, timeout: float = 60) -> str:
-    proc = subprocess.run(
-        list(argv),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=dict(os.environ, SLURM_CONF=SLURM_CONF),
-    )
-    if check and proc.returncode != 0:
-        raise FarmError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
-    return proc.stdout
+    """A Slurm command against the farm's controller (its private slurm.conf)."""
+    return slurmcli.run(SLURM_CONF, *argv, check=check, timeout=timeout, error=FarmError)
 
 
 @dataclass
@@ -137,7 +127,7 @@ class Farm:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=dict(os.environ, SLURM_CONF=SLURM_CONF),
+            env=slurmcli.env(SLURM_CONF),
         )
 
     def running_jobs(self) -> Dict[str, int]:

@@ -16,6 +16,7 @@ import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import parse_time
 from tests.integration.farm import farmbed
+from tests.testbed import slurmcli
 from tests.testbed.ansible import run_playbook
 
 pytestmark = pytest.mark.slow
@@ -114,7 +115,7 @@ def _sbatch(node: str, command: str, *options: str) -> subprocess.CompletedProce
         text=True,
         timeout=300,
         check=False,
-        env=dict(os.environ, SLURM_CONF=farmbed.SLURM_CONF),
+        env=slurmcli.env(farmbed.SLURM_CONF),
     )
 
 

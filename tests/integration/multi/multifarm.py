@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file
-from tests.testbed.ansible import LOCALHOST, ROOT, PlaybookResult, run_playbook
+from tests.testbed import slurmcli
+from tests.testbed.ansible import LOCALHOST, ROOT, PlaybookResult, check_playbook, run_playbook
 from tests.testbed.hypervisors import HypervisorBed
 from tests.testbed.processes import read_pid, stop_pid
 
@@ -48,23 +49,12 @@ class MultiFarmError(AssertionError):
 
 
 def _check(result: PlaybookResult, what: str) -> PlaybookResult:
-    if result.rc != 0:
-        raise MultiFarmError(f"{what} failed (rc {result.rc}):\n{result.stdout[-8000:]}")
-    return result
+    return check_playbook(result, what, MultiFarmError, tail=8000)
 
 
 def slurm(*argv: str, check: bool = True, timeout: float = 60) -> str:
-    proc = subprocess.run(
-        list(argv),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=dict(os.environ, SLURM_CONF=SLURM_CONF),
-    )
-    if check and proc.returncode != 0:
-        raise MultiFarmError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
-    return proc.stdout
+    """A Slurm command against the bed farm's controller (its private slurm.conf)."""
+    return slurmcli.run(SLURM_CONF, *argv, check=check, timeout=timeout, error=MultiFarmError)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -116,7 +106,7 @@ class MultiFarm:
             text=True,
             timeout=timeout,
             check=False,
-            env=dict(os.environ, SLURM_CONF=SLURM_CONF),
+            env=slurmcli.env(SLURM_CONF),
         )
 
     # -- playbooks --------------------------------------------------------------------------
