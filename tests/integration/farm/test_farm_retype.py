@@ -32,7 +32,7 @@ def _types(min_a: int) -> List[Dict[str, Any]]:
         "image": farmbed.IDENTIFIER,
         "vcpus": 1,
         "memory_mib": 512,
-        "disk_gib": 2,  # the worker image's own size
+        "disk_gib": 4,  # the newest worker image's size: the golden node's 4 GiB disk (the base image is 2)
         "features": ["bvtfarm"],
         "lifetime": 7 * 86400,
         "max_job_walltime": 10,
