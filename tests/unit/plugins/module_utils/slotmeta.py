@@ -23,3 +23,11 @@ def make(**overrides):
     }
     values.update(overrides)
     return sm.SlotMetadata(**values)
+
+
+def driver_domain_xml(name, meta=""):
+    """A libvirt test-driver domain (``test:///default``) carrying ``meta`` as its metadata."""
+    return (
+        f"<domain type='test'><name>{name}</name><memory>65536</memory><vcpu>1</vcpu>"
+        f"<os><type>hvm</type></os><metadata>{meta}</metadata></domain>"
+    )

@@ -15,7 +15,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils import _guest_agent
 from ansible_collections.batchvirt.farm.plugins.module_utils import _mjf
 from ansible_collections.batchvirt.farm.plugins.module_utils import _slot_claim as claim
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_domain import differences, domain_xml
-from tests.unit.plugins.module_utils.slotmeta import NOW, T0, make
+from tests.unit.plugins.module_utils.slotmeta import NOW, T0, driver_domain_xml, make
 from tests.unit.plugins.module_utils.test_slot_domain import spec
 
 HOUR = datetime.timedelta(hours=1)
@@ -119,9 +119,6 @@ def test_agent_errors_are_reported_not_raised(agent, message, status):
 # -- the claim reports it --------------------------------------------------------------------
 libvirt = pytest.importorskip("libvirt")
 
-DOMAIN = """<domain type='test'><name>{name}</name><memory>65536</memory><vcpu>1</vcpu>
-<os><type>hvm</type></os><metadata>{meta}</metadata></domain>"""
-
 
 @pytest.fixture
 def conn():
@@ -129,7 +126,7 @@ def conn():
     from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import to_xml
 
     c = connect("test:///default")
-    dom = c.defineXML(DOMAIN.format(name="hv1-slot-01", meta=to_xml(make())))
+    dom = c.defineXML(driver_domain_xml("hv1-slot-01", to_xml(make())))
     dom.create()
     yield c
     dom.destroy()

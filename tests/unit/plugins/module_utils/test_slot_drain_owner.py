@@ -11,7 +11,7 @@ import pytest
 from ansible_collections.batchvirt.farm.plugins.module_utils import _slot_claim as claim
 from ansible_collections.batchvirt.farm.plugins.module_utils import _slot_metadata as sm
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
-from tests.unit.plugins.module_utils.slotmeta import NOW, make
+from tests.unit.plugins.module_utils.slotmeta import NOW, driver_domain_xml, make
 
 UNTIL = NOW + datetime.timedelta(hours=1)
 
@@ -120,9 +120,6 @@ def test_clear_only_by_the_owning_run():
 
 libvirt = pytest.importorskip("libvirt")
 
-DOMAIN = """<domain type='test'><name>{name}</name><memory>65536</memory><vcpu>1</vcpu>
-<os><type>hvm</type></os><metadata>{meta}</metadata></domain>"""
-
 
 @pytest.fixture
 def conn():
@@ -130,8 +127,8 @@ def conn():
 
     c = connect("test:///default")
     domains = [
-        c.defineXML(DOMAIN.format(name="hv1-slot-01", meta=sm.to_xml(make()))),
-        c.defineXML(DOMAIN.format(name="foreign", meta="")),
+        c.defineXML(driver_domain_xml("hv1-slot-01", sm.to_xml(make()))),
+        c.defineXML(driver_domain_xml("foreign", "")),
     ]
     yield c
     for dom in domains:

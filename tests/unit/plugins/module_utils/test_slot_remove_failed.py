@@ -12,12 +12,10 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import B
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import SlotError, SlotHost
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import to_xml
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_remove import remove
-from tests.unit.plugins.module_utils.slotmeta import NOW, make
+from tests.unit.plugins.module_utils.slotmeta import NOW, driver_domain_xml, make
 
 libvirt = pytest.importorskip("libvirt")
 
-DOMAIN = """<domain type='test'><name>{name}</name><memory>65536</memory><vcpu>1</vcpu>
-<os><type>hvm</type></os><metadata>{meta}</metadata></domain>"""
 NAME = "hv1-slot-01"
 
 
@@ -36,7 +34,7 @@ def conn():
     from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import connect
 
     c = connect("test:///default")
-    dom = c.defineXML(DOMAIN.format(name=NAME, meta=to_xml(make())))
+    dom = c.defineXML(driver_domain_xml(NAME, to_xml(make())))
     dom.create()
     yield c
     try:
