@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from ansible_collections.batchvirt.farm.plugins.module_utils import _lifecycle
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import BatchView
 
@@ -43,7 +44,7 @@ COMPLETING = "completing"
 DRAINING = "draining"  # drain requested, jobs still run
 DRAINED = "drained"  # drain requested, no job runs
 DOWN = "down"
-NOT_RESPONDING = "not_responding"
+NOT_RESPONDING = _lifecycle.NOT_RESPONDING  # pings missed; the lifecycle waits for the verdict (down)
 FUTURE = "future"  # declared, not registered yet (Slurm FUTURE / powered-down CLOUD)
 UNKNOWN = "unknown"
 

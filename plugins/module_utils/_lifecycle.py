@@ -35,7 +35,7 @@ DEFAULT_BOOT_GRACE = 900  # seconds after created_at a slot may take to register
 DEFAULT_HEALTH_GRACE = 300  # seconds a registered node may be reported down before it is failed
 
 # Batch-system node states (normalised by the adapters) that mean "registered once, now broken".
-NOT_RESPONDING = "not_responding"  # the adapters' normalised state (see _batch.NOT_RESPONDING)
+NOT_RESPONDING = "not_responding"  # the adapters' normalised state for a node that misses pings
 UNHEALTHY_BATCH_STATES = frozenset(("down", NOT_RESPONDING, "fail", "failing", "error"))
 
 
