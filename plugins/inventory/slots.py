@@ -178,12 +178,8 @@ keyed_groups:
     prefix: worker
 """
 
-import ipaddress
 import os
-import re
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit
 
 from ansible.errors import AnsibleError, AnsibleParserError
 from ansible.inventory.helpers import get_group_vars
@@ -193,171 +189,27 @@ from ansible.utils.vars import combine_vars
 from ansible_collections.batchvirt.farm.plugins.module_utils._inventory import (
     DomainRecord,
     HypervisorRead,
-    backoff_until,
     batch_view_from_json,
     batch_view_to_json,
     farm_now,
     image_volume_stem,
     read_farm,
-    slot_state,
-    state_name,
 )
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import HAS_LIBVIRT
-from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import ENABLED_STATES, STATES, BatchView
+from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import STATES
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_metadata import format_time
-from ansible_collections.batchvirt.farm.plugins.module_utils._version import version_key
-
-# Strings read from hypervisors are data, never templates.  A string made only of these
-# characters cannot hold a template (no Jinja delimiter, no ``#jinja2:`` header, whatever the
-# delimiter overrides), so it is safe to mark it trusted; every other string stays untrusted.
-_INERT = re.compile(r"[A-Za-z0-9_.:/@+=, -]*\Z")
-
-try:  # ansible-core >= 2.19: data tagging; only strings tagged as trusted are templated
-    from ansible.template import trust_as_template as _trusted
-
-    def host_data(value: Any, _memo: Optional[Dict[str, Any]] = None) -> Any:
-        """Data read from hypervisors, for host variables: left untagged (never templated),
-        except inert strings, which are tagged trusted.  Not a security measure but a fast path:
-        the inventory serialiser writes an untrusted string as ``{"__ansible_unsafe": ...}``,
-        which costs ansible-inventory about twice the time of a plain one; an inert string renders
-        to itself either way.  Equal inert strings share one tagged object (``_memo``); any other
-        string is returned as it is, so no tag travels from one value to an equal one."""
-        memo = {} if _memo is None else _memo
-        if isinstance(value, str):
-            if not _INERT.match(value):
-                return value
-            tagged = memo.get(value)
-            if tagged is None:
-                tagged = memo[value] = _trusted(value)
-            return tagged
-        if isinstance(value, dict):
-            return {key: host_data(item, memo) for key, item in value.items()}
-        if isinstance(value, list):
-            return [host_data(item, memo) for item in value]
-        return value
-
-except ImportError:  # ansible-core < 2.19: every string is a template unless wrapped
-    from ansible.utils.unsafe_proxy import wrap_var
-
-    def host_data(value: Any, _memo: Optional[Dict[str, Any]] = None) -> Any:  # type: ignore[misc]
-        """Data read from hypervisors, for host variables: wrapped unsafe, never templated."""
-        return wrap_var(value)
-
-    def _trusted(value: Any) -> Any:  # type: ignore[misc]
-        return value
-
+from ansible_collections.batchvirt.farm.plugins.plugin_utils._slots_host_data import host_data, trusted
+from ansible_collections.batchvirt.farm.plugins.plugin_utils._slots_hostvars import host_vars, newest_versions
+from ansible_collections.batchvirt.farm.plugins.plugin_utils._slots_hypervisors import (
+    Hypervisor,
+    hypervisor_from_entry,
+    make_hypervisor,
+    safe_group,
+)
 
 CACHE_FORMAT = 2  # 2: hypervisors carry "withdrawn"
 _SUFFIXES = (".farm.slots.yml", ".farm.slots.yaml")
 _BASENAMES = ("farm_slots.yml", "farm_slots.yaml")
-_HYPERVISOR_KEYS = frozenset(("uri", "name", "ssh_host", "ssh_user", "ssh_port"))
-_UNSAFE_GROUP_CHARS = re.compile(r"[^A-Za-z0-9_]")
-
-
-def safe_group(name: str) -> str:
-    """A group name Ansible accepts without a warning: letters, digits and ``_`` only."""
-    return _UNSAFE_GROUP_CHARS.sub("_", name)
-
-
-@dataclass(frozen=True)
-class Hypervisor:
-    """One hypervisor to read and how the controller reaches it with SSH."""
-
-    name: str
-    uri: str
-    ssh_host: str = ""
-    ssh_user: str = ""
-    ssh_port: int = 0
-
-    @property
-    def local(self) -> bool:
-        return not self.ssh_host or is_loopback(self.ssh_host)
-
-    @property
-    def proxy_jump(self) -> str:
-        target = self.ssh_host
-        if ":" in target and not target.startswith("["):
-            target = f"[{target}]" if self.ssh_port else target
-        if self.ssh_user:
-            target = f"{self.ssh_user}@{target}"
-        if self.ssh_port:
-            target = f"{target}:{self.ssh_port}"
-        return target
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def hypervisor_from_entry(entry: Any, index: int) -> Hypervisor:
-    """Validate one item of the option ``hypervisors`` (a URI string or a dictionary)."""
-    where = f"hypervisors[{index}]"
-    if isinstance(entry, str):
-        entry = {"uri": entry}
-    if not isinstance(entry, dict):
-        raise AnsibleParserError(
-            f"{where}: expected a libvirt URI or a dictionary with 'uri', got {type(entry).__name__}: {entry!r}"
-        )
-    unknown = sorted(set(entry) - _HYPERVISOR_KEYS)
-    if unknown:
-        raise AnsibleParserError(
-            "{}: unknown key(s) {}; allowed keys are {}".format(
-                where, ", ".join(unknown), ", ".join(sorted(_HYPERVISOR_KEYS))
-            )
-        )
-    uri = entry.get("uri")
-    if not isinstance(uri, str) or "://" not in uri:
-        raise AnsibleParserError(
-            f"{where}.uri: {uri!r} is not a libvirt URI such as qemu+ssh://root@hv01.example.org/system"
-        )
-    port = entry.get("ssh_port") or 0
-    try:
-        port = int(port)
-    except (TypeError, ValueError):
-        raise AnsibleParserError(f"{where}.ssh_port: {port!r} is not a port number") from None
-    return make_hypervisor(uri, entry.get("name"), entry.get("ssh_host"), entry.get("ssh_user"), port)
-
-
-def make_hypervisor(
-    uri: str,
-    name: Optional[str] = None,
-    ssh_host: Optional[str] = None,
-    ssh_user: Optional[str] = None,
-    ssh_port: int = 0,
-) -> Hypervisor:
-    parts = urlsplit(uri)
-    host = parts.hostname or ""
-    if not name:
-        if host:
-            name = host
-        elif parts.scheme == "test" and parts.path not in ("", "/default"):
-            name = os.path.splitext(os.path.basename(parts.path))[0]
-        else:
-            name = "localhost"
-    return Hypervisor(
-        name=str(name),
-        uri=uri,
-        ssh_host=str(ssh_host or host),
-        ssh_user=str(ssh_user or (parts.username if host else "") or ""),
-        ssh_port=int(ssh_port or 0),
-    )
-
-
-def _newest_versions(read: HypervisorRead) -> Dict[str, str]:
-    """The newest version of each image that a slot of this hypervisor runs (the one version order)."""
-    newest: Dict[str, str] = {}
-    for dom in read.domains:
-        if dom.slot is not None:
-            image = dom.slot["image"]
-            current = newest.get(image["identifier"])
-            if current is None or version_key(image["version"]) > version_key(current):
-                newest[image["identifier"]] = image["version"]
-    return newest
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -402,7 +254,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 f"hypervisor_group: the group {group!r} is not in the inventory loaded so far; "
                 "list the inventory source that defines it before this file (-i hypervisors.yml -i this file)"
             )
-        template = _trusted(self.get_option("uri_template"))
+        template = trusted(self.get_option("uri_template"))
         result = []
         for host in self.inventory.groups[group].get_hosts():
             # group variables (the SSH user and port of a site's hypervisors usually live there),
@@ -579,7 +431,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 self.display.warning(f"batchvirt.farm.slots: hypervisor {hv.name} left out: {read.error}")
                 unreachable.append({"name": hv.name, "uri": hv.uri, "error": read.error})
                 continue
-            newest = _newest_versions(read)
+            newest = newest_versions(read)
             withdrawn = set(read.withdrawn)
             for dom in read.domains:
                 if dom.error:
@@ -600,7 +452,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 address = ((dom.slot or {}).get("network") or {}).get("address") or ""
                 if address:
                     by_address.setdefault(address.split("/", 1)[0], []).append(name)
-                variables = self._host_vars(dom, hv, now, batch, batch_known, state_kwargs, loopback_jump)
+                variables = host_vars(dom, hv, now, batch, batch_known, state_kwargs, loopback_jump)
                 if dom.slot is not None:
                     image = dom.slot["image"]
                     variables["farm_image_withdrawn"] = (
@@ -648,62 +500,3 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             inventory.add_child("farm_image_withdrawn", name)
         if variables.get("farm_backoff_until"):
             inventory.add_child("farm_backoff", name)
-
-    def _host_vars(
-        self,
-        dom: DomainRecord,
-        hv: Hypervisor,
-        now: Any,
-        batch: Dict[str, Any],
-        batch_known: bool,
-        state_kwargs: Dict[str, Any],
-        loopback_jump: bool,
-    ) -> Dict[str, Any]:
-        variables: Dict[str, Any] = {
-            "farm_hypervisor": hv.name,
-            "farm_hypervisor_uri": hv.uri,
-            "farm_domain": dom.domain,
-            "farm_domain_state": state_name(dom.state),
-        }
-        slot = dom.slot
-        if slot is None:
-            return variables
-        view: Optional[BatchView] = None
-        if batch_known:  # a node the batch system does not know is not registered (yet)
-            view = batch.get(slot["batch"]["node"]) or BatchView(registered=False, state="unknown")
-        state, to_drain = slot_state(dom, now, view, **state_kwargs)
-        golden = (slot.get("extra") or {}).get("purpose") == "golden"
-        variables.update(
-            {
-                "farm_lifecycle": state,
-                "farm_enabled": state in ENABLED_STATES and not golden,
-                "farm_slot": slot,
-                "farm_image": {"identifier": slot["image"]["identifier"], "version": slot["image"]["version"]},
-                "farm_drain_at": slot["drain_at"],
-                "farm_deadline": slot["deadline"],
-                "farm_seconds_to_drain": to_drain,
-            }
-        )
-        variables["farm_failures"] = int((slot.get("failures") or {}).get("consecutive") or 0)
-        until = backoff_until(slot, now)
-        if until:
-            variables["farm_backoff_until"] = until
-        if view is not None:
-            variables["farm_batch_state"] = view.state
-            variables["farm_batch_jobs"] = view.jobs
-        ssh = slot.get("ssh") or {}
-        address = ssh.get("host") or (slot.get("network") or {}).get("address") or ""
-        if address:
-            if is_loopback(address) and not hv.local:
-                if loopback_jump:
-                    variables["ansible_host"] = address
-                    variables["ansible_ssh_common_args"] = f"-o ProxyJump={hv.proxy_jump}"
-                else:
-                    variables["ansible_host"] = hv.ssh_host
-            else:
-                variables["ansible_host"] = address
-        if ssh.get("port"):
-            variables["ansible_port"] = int(ssh["port"])
-        if ssh.get("user"):
-            variables["ansible_user"] = ssh["user"]
-        return variables

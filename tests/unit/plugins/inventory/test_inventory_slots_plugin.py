@@ -23,6 +23,10 @@ from ansible_collections.batchvirt.farm.plugins.inventory import slots as slots_
 from ansible_collections.batchvirt.farm.plugins.module_utils import _inventory
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import STATES, BatchView
 from ansible_collections.batchvirt.farm.plugins.module_utils._version import version_key
+from ansible_collections.batchvirt.farm.plugins.plugin_utils._slots_hypervisors import (
+    hypervisor_from_entry,
+    make_hypervisor,
+)
 from tests.integration.inventory.farm_xml import EPOCH, HOUR, slot, write_test_node
 
 NOW = EPOCH + 12 * HOUR  # 2026-11-21T12:00:00Z
@@ -69,7 +73,7 @@ def farm_data(*hypervisors, batch=None, batch_error=""):
 
 
 def populate(plugin, data, hypervisors=None):
-    hvs = hypervisors or [slots_plugin.make_hypervisor(h["uri"], h["name"]) for h in data["hypervisors"]]
+    hvs = hypervisors or [make_hypervisor(h["uri"], h["name"]) for h in data["hypervisors"]]
     plugin._populate(data, hvs, NOW)
     return plugin.inventory
 
@@ -111,7 +115,7 @@ def test_verify_file_checks_the_suffix(tmp_path, path, expected):
 )
 def test_bad_hypervisor_entries_name_the_option(entry, message):
     with pytest.raises(AnsibleParserError) as exc:
-        slots_plugin.hypervisor_from_entry(entry, 0)
+        hypervisor_from_entry(entry, 0)
     assert message in str(exc.value)
 
 
@@ -205,7 +209,7 @@ def _templar():
     ],
 )
 def test_hypervisor_names_and_addresses_from_the_uri(uri, name, ssh_host, ssh_user, local):
-    hv = slots_plugin.make_hypervisor(uri)
+    hv = make_hypervisor(uri)
     assert (hv.name, hv.ssh_host, hv.ssh_user, hv.local) == (name, ssh_host, ssh_user, local)
 
 
@@ -286,7 +290,7 @@ def test_host_variables():
 
 
 def test_loopback_forward_on_a_remote_hypervisor_goes_through_proxyjump():
-    hv = slots_plugin.make_hypervisor("qemu+ssh://admin@hv9.example.org:2222/system", "hv9", ssh_port=2222)
+    hv = make_hypervisor("qemu+ssh://admin@hv9.example.org:2222/system", "hv9", ssh_port=2222)
     data = farm_data(("hv9", hv.uri, [record("s1", "hv9", ssh_port=10022)], ""))
     inv = populate(make_plugin(), data, [hv])
     hostvars = inv.get_host("s1").vars
