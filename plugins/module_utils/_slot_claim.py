@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils import _guest_agent, _mjf
 from ansible_collections.batchvirt.farm.plugins.module_utils._errors import FarmError
@@ -141,13 +141,20 @@ def publish_shutdowntime(
     meta = shutdowntime_target(result, state)
     if meta is None:
         return
+    result.machinefeatures, result.shutdowntime = move_shutdowntime(dom, meta, path, timeout, enabled, check_mode)
+
+
+def move_shutdowntime(
+    dom: Any, meta: SlotMetadata, path: str, timeout: int, enabled: bool, check_mode: bool
+) -> Tuple[str, int]:
+    """Rewrite ``<path>/shutdowntime`` in the running VM with the time ``meta`` gives (its deadline,
+    or earlier when its drain was requested early); returns (what happened, the time in Unix
+    seconds). Best effort: a guest without the agent or the file is reported, never an error."""
     when = _mjf.shutdowntime(meta.drain_at, meta.deadline, meta.drain_requested_at)
-    result.shutdowntime = int(when.timestamp())
     if check_mode or not enabled:
-        result.machinefeatures = SKIPPED
-        return
+        return SKIPPED, int(when.timestamp())
     target = path.rstrip("/") + "/shutdowntime"
-    result.machinefeatures = _guest_agent.replace_file(dom, target, _mjf.shutdowntime_content(when), timeout)
+    return _guest_agent.replace_file(dom, target, _mjf.shutdowntime_content(when), timeout), int(when.timestamp())
 
 
 def run_claims(

@@ -15,9 +15,11 @@ import contextlib
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ansible_collections.batchvirt.farm.plugins.module_utils import _guest_agent, _mjf
 from ansible_collections.batchvirt.farm.plugins.module_utils._libvirt import libvirt
 from ansible_collections.batchvirt.farm.plugins.module_utils._lifecycle import DRAINED, EXPIRED, FAILED, STOPPED
 from ansible_collections.batchvirt.farm.plugins.module_utils._logtail import last_lines, tail
+from ansible_collections.batchvirt.farm.plugins.module_utils._slot_claim import UNCHANGED, move_shutdowntime
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_domain import lvm_remove_commands
 from ansible_collections.batchvirt.farm.plugins.module_utils._slot_end import (
     DEFAULT_SHUTDOWN_TIMEOUT,
@@ -65,8 +67,32 @@ def drain(host: SlotHost, requests: Sequence[Dict[str, Any]], reason: str) -> Li
             if not host.check_mode:
                 host.set_metadata(dom, meta, active)
         result.result = host.describe_existing(name, meta, active)
+        result.result.update(_publish_early_drain(dom, current, meta, active, req, host.check_mode))
         results.append(result)
     return results
+
+
+def _publish_early_drain(
+    dom: Any, before: SlotMetadata, meta: SlotMetadata, active: bool, req: Dict[str, Any], check_mode: bool
+) -> Dict[str, Any]:
+    """Move ``$MACHINEFEATURES/shutdowntime`` inside the running VM when this request drains it
+    before its planned drain time (the same rule and report as ``slot_drain``)."""
+    report: Dict[str, Any] = {"machinefeatures": UNCHANGED, "shutdowntime": None}
+    when = _mjf.shutdowntime(meta.drain_at, meta.deadline, meta.drain_requested_at)
+    moved = when != _mjf.shutdowntime(before.drain_at, before.deadline, before.drain_requested_at)
+    if not active or not moved:
+        return report
+    options = req.get("machine_features") or {}
+    status, seconds = move_shutdowntime(
+        dom,
+        meta,
+        options.get("path") or _mjf.DEFAULT_PATH,
+        _guest_agent.DEFAULT_TIMEOUT,
+        options.get("enabled", True) is not False,
+        check_mode,
+    )
+    report.update(machinefeatures=status, shutdowntime=seconds)
+    return report
 
 
 TAIL_BYTES = 4096

@@ -200,6 +200,9 @@ options:
       - V(present) the slot is defined (not started); V(running) defined and running (a stopped slot is started,
         a missing one created); V(draining) records an operator drain request with O(drain_reason) in its metadata;
         V(absent) removes the domain, its overlay and its seed ISO.
+      - V(draining) before the slot's planned drain time also moves C($MACHINEFEATURES/shutdowntime) inside
+        the running VM to the new time, through the QEMU guest agent, as M(batchvirt.farm.slot_drain) does
+        (see O(machine_features)); the result's C(machinefeatures) says what happened.
       - V(absent) refuses a slot that is neither stopped, drained nor past its deadline unless O(force=true);
         a V(failed) slot is accepted without O(force) when O(batch) is given and the batch system shows no
         job on its node (down, not responding or never registered), or libvirt reports its domain crashed.
@@ -581,6 +584,20 @@ slots:
           the guest's console log (local hypervisor only) as it ended, before the log is deleted.
       type: dict
       sample: {how: acpi, seconds: 4.5, reason_code: 600, reason: "600 Deadline reached"}
+    machinefeatures:
+      description:
+        - With O(state=draining), what happened to C($MACHINEFEATURES/shutdowntime) inside the VM. V(updated)
+          the guest agent rewrote it; V(unchanged) the time did not move (no early drain, asked before, or the
+          VM does not run); V(skipped) check mode or O(machine_features.enabled=false); V(no_agent) or
+          V(no_file) the guest cannot take it; V(failed) with the agent's message otherwise.
+      type: str
+      returned: with O(state=draining)
+      sample: updated
+    shutdowntime:
+      description: With O(state=draining), the time C(shutdowntime) shows after the drain (Unix seconds) when it moves, else V(null).
+      type: int
+      returned: with O(state=draining)
+      sample: 1796371200
   sample:
     - name: hv01-slot-01
       changed: true

@@ -182,3 +182,43 @@ def test_the_domain_has_the_agent_channel_and_older_slots_without_it_do_not_drif
     old = xml[:start] + xml[xml.index("</channel>") + len("</channel>") :]
     assert "guest_agent" not in old
     assert differences(xml, old) == []
+
+
+# -- an operator drain through the slot module (state=draining) moves it too ----------------
+def _operator_drain(conn, reason="retire", check_mode=False, **options):
+    from ansible_collections.batchvirt.farm.plugins.module_utils._slot_host import SlotHost
+    from ansible_collections.batchvirt.farm.plugins.module_utils._slot_remove import drain
+
+    host = SlotHost(conn, NOW, check_mode=check_mode)
+    request = {"name": "hv1-slot-01", "machine_features": options or None}
+    return drain(host, [request], reason)[0]
+
+
+def test_state_draining_moves_shutdowntime_once_like_slot_drain(conn, agent):
+    path = "/etc/machinefeatures/shutdowntime"
+    moved = int((NOW + 2 * 24 * HOUR).timestamp())
+    check = _operator_drain(conn, check_mode=True)
+    assert (check.result["machinefeatures"], check.result["shutdowntime"]) == (claim.SKIPPED, moved)
+    assert agent.files[path] == b"1796000000\n"
+
+    drained = _operator_drain(conn)
+    assert drained.changed and drained.result["machinefeatures"] == ga.UPDATED
+    assert drained.result["shutdowntime"] == moved and agent.files[path] == b"%d\n" % moved
+    # asked again (even with another reason): the first request's time stands, the file is left alone
+    again = _operator_drain(conn, reason="still retiring")
+    assert again.result["machinefeatures"] == claim.UNCHANGED and again.result["shutdowntime"] is None
+    assert agent.files[path] == b"%d\n" % moved
+
+
+def test_state_draining_honours_machine_features_path_and_enabled(conn, agent):
+    agent.files["/opt/mjf/shutdowntime"] = b"1796000000\n"
+    drained = _operator_drain(conn, path="/opt/mjf")
+    assert drained.result["machinefeatures"] == ga.UPDATED
+    assert agent.files["/opt/mjf/shutdowntime"] != b"1796000000\n"
+    assert agent.files["/etc/machinefeatures/shutdowntime"] == b"1796000000\n"
+
+
+def test_state_draining_with_machine_features_disabled_leaves_the_guest_alone(conn, agent):
+    drained = _operator_drain(conn, enabled=False)
+    assert drained.changed and drained.result["machinefeatures"] == claim.SKIPPED
+    assert not agent.log
