@@ -275,6 +275,12 @@ class AccountingStore:
         for name in KEEP_EARLIEST:  # a repeated "registered" write must not move the first one
             if before and before.get(name) and clean.get(name):
                 after[name] = min(before[name], clean[name])
+        if before and before.get("ended"):
+            # a life ends once: its first recorded end and reason stand (a slot in back-off is recorded
+            # when its VM stops, and again when recycle.yml replaces it, after its drain claim)
+            after["ended"], after["end_reason"] = before["ended"], before.get("end_reason")
+            if after.get("drain_started") and after["drain_started"] > after["ended"]:
+                after["drain_started"] = before.get("drain_started")
         if not after.get("worker_type"):
             after["worker_type"] = DEFAULT_WORKER_TYPE
         for name in ("image_identifier", "image_version", "image_sha512", "batch_system", "batch_node"):

@@ -227,3 +227,16 @@ def test_not_a_database_is_reported(tmp_path):
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(AccountingError, match="path: cannot open the accounting database"):
         AccountingStore(str(path))
+
+
+def test_a_life_ends_once_a_later_write_keeps_its_end_and_reason(store):
+    # recycle.yml records a slot's life when it enters back-off (its VM is stopped) and again when
+    # the back-off has passed and it is replaced, after its drain claim: the first end stands
+    store.record(life(registered="2026-11-21T06:05:00Z"), T0)
+    store.record(life(ended="2026-11-21T09:00:00Z", end_reason="failed", jobs=0), T0)
+    changed, rec, _before = store.record(
+        life(ended="2026-11-21T19:00:00Z", end_reason="recycled", drain_started="2026-11-21T18:59:00Z", jobs=0), T0
+    )
+    assert changed is False
+    assert (rec["ended"], rec["end_reason"], rec["drain_started"]) == ("2026-11-21T09:00:00Z", "failed", None)
+    assert store.counts() == {"ended": {"failed": 1}, "open": 0}
