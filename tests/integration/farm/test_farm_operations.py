@@ -414,6 +414,16 @@ def _kill_slurmd_reachability(farm, name: str) -> None:
     farmbed.slurm("scontrol", "update", f"nodename={name}", "state=down", "reason=bvt: slurmd killed")
 
 
+def _accounted_end(slot: str, created: str) -> tuple:
+    """(end_reason, ended) of one VM life in this hypervisor's accounting (the plays' default path)."""
+    from ansible_collections.batchvirt.farm.plugins.module_utils._accounting import AccountingStore
+
+    with AccountingStore("/var/lib/batchvirt/accounting.sqlite", create=False) as store:
+        lives = [r for r in store.query(slot=slot) if r["created"] == created]
+    assert len(lives) == 1, (slot, created, lives)
+    return lives[0]["end_reason"], lives[0]["ended"]
+
+
 def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_job(farm):
     """Its slurmd gone (the node down in Slurm for longer than the health grace: injected clock), a
     slot with two failed lives before is `failed`; recycle.yml counts the third failure and backs off
@@ -452,6 +462,8 @@ def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_jo
     assert not held[name]["running"] and held[name]["created_at"] == before[name]["created_at"], held[name]
     assert held[name]["failures"]["backoff_until"] == until, held[name]
     assert all(held[n] == before[n] for n in other), "recycle must not touch the healthy slots"
+    # the failed life is accounted as its VM stops for the back-off, not only when it is replaced
+    assert _accounted_end(name, before[name]["created_at"]) == ("failed", now)
     prom = "/var/lib/prometheus/node-exporter/batchvirt_farm.prom"
     if os.path.exists(prom):  # the metrics the run refreshed (farm_ops_metrics, default on)
         with open(prom) as handle:
@@ -481,6 +493,8 @@ def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_jo
     assert after[name]["running"] and after[name]["created_at"] == later, after[name]
     assert farmbed.version_of(after[name]) == farm.versions[-1]
     assert "failures" not in after[name], "the count is cleared once the new slot is resumed"
+    # the replacement found that life's record closed: it keeps its end and reason
+    assert _accounted_end(name, before[name]["created_at"]) == ("failed", now)
     farm.wait_accepting(timeout=300)
     job = farm.submit(name, 0, command="true")
     _out, err = job.communicate(timeout=300)
