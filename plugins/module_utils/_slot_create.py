@@ -66,9 +66,12 @@ def seed_files(plan: SlotPlan, meta: SlotMetadata) -> Dict[str, str]:
         if mjf is not None and mjf.get("job_features", True) is not False:
             from ansible_collections.batchvirt.farm.plugins.module_utils import _mjf
 
-            if batch.system == "slurm" and slurm_conf is not None:
-                # $JOBFEATURES: a TaskProlog in the slurm.conf the VM gets (not possible configless)
-                slurm_conf = _mjf.slurm_conf_with_job_features(slurm_conf)
+            if batch.system == "slurm":
+                # $JOBFEATURES: the scripts, and a TaskProlog in the slurm.conf the VM gets; a
+                # configless VM takes the controller's slurm.conf, which names them when the site
+                # configures it (docs/slots.md)
+                if slurm_conf is not None:
+                    slurm_conf = _mjf.slurm_conf_with_job_features(slurm_conf)
                 job_features = _mjf.cloud_init_job_features()
 
         try:

@@ -128,10 +128,20 @@ def test_a_slot_with_a_slurm_conf_gets_job_features_in_its_user_data():
     assert doc["runcmd"][0] == ["install", "-d", "-m", "1777", "/run/jobfeatures"]
 
 
+def test_a_configless_slot_gets_the_scripts_its_controller_can_name():
+    # the VM takes the controller's slurm.conf: the slot writes no slurm.conf, but the scripts the
+    # controller's TaskProlog/Epilog name (farm_batch_controller_job_features) are there
+    doc = _doc(_plan({}, None))
+    by_path = {f["path"]: f["content"] for f in doc["write_files"]}
+    assert "/etc/slurm/slurm.conf" not in by_path
+    assert "export JOBFEATURES=" in by_path[_mjf.TASK_PROLOG] and _mjf.EPILOG in by_path
+    assert doc["runcmd"][0] == ["install", "-d", "-m", "1777", "/run/jobfeatures"]
+
+
 @pytest.mark.parametrize(
     ("features", "conf"),
-    [({}, None), ({"job_features": False}, CONF), (None, CONF)],
-    ids=["configless", "turned-off", "no-machine-features"],
+    [({"job_features": False}, CONF), (None, CONF), ({"job_features": False}, None)],
+    ids=["turned-off", "no-machine-features", "configless-turned-off"],
 )
 def test_no_job_features_where_the_slot_cannot_or_should_not(features, conf):
     doc = _doc(_plan(features, conf))
