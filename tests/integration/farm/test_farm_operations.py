@@ -414,6 +414,11 @@ def _kill_slurmd_reachability(farm, name: str) -> None:
     farmbed.slurm("scontrol", "update", f"nodename={name}", "state=down", "reason=bvt: slurmd killed")
 
 
+# a contextualization that fails on purpose: bootcmd (cloud-init's first step, before slurmd's start
+# is due) masks slurmd, so the registration's restart of it fails and the VM never registers
+BROKEN_CLOUD_INIT = {"bootcmd": [["systemctl", "mask", "--now", "slurmd"]]}
+
+
 def _accounted_end(slot: str, created: str) -> tuple:
     """(end_reason, ended) of one VM life in this hypervisor's accounting (the plays' default path)."""
     from ansible_collections.batchvirt.farm.plugins.module_utils._accounting import AccountingStore
@@ -429,8 +434,11 @@ def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_jo
     slot with two failed lives before is `failed`; recycle.yml counts the third failure and backs off
     (VM shut down, domain and count kept, console tail in the summary, the metric counts it) instead
     of re-creating it; a run within the back-off leaves the stopped slot alone (not started again);
-    after the back-off it is re-created on the newest version, registers, is resumed, its count is
-    cleared, and a job runs on it. One VM boot in all."""
+    after the back-off it is re-created, but from a contextualization that fails on purpose (its
+    cloud-init masks slurmd): the VM boots and never registers, so once the boot grace has passed
+    it is `failed` again and, its count over the threshold, backs off twice as long instead of
+    being rebooted; after that back-off it is re-created with the farm's own cloud-init, registers,
+    is resumed, its count is cleared, and a job runs on it. Two VM boots in all."""
     from ansible_collections.batchvirt.farm.plugins.module_utils._timeutil import format_time, utcnow
 
     before = farm.metadata()
@@ -480,7 +488,41 @@ def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_jo
     assert _summary(second, "farm_recycle_summary")["in_backoff"] == {name: until}
     assert farm.metadata()[name] == held[name]
 
-    # after it: re-created on the newest version with the count carried, resumed, count cleared
+    # after it: re-created with the count carried, but from a cloud-init that fails on purpose: it
+    # never registers, and the run says it could not recycle the slot once its boot timeout passed
+    broken_at = farmbed.iso(until, 1)
+    broken = farm.run(
+        "recycle.yml",
+        now=broken_at,
+        farm_ops_slot=dict(farm.extravars["farm_ops_slot"], cloud_init=BROKEN_CLOUD_INIT),
+        farm_ops_boot_timeout=60,
+    )
+    assert broken.rc != 0, broken.stdout[-6000:]
+    plan = _debug_msg(broken, "Show what will be recycled")
+    assert plan["replace_after_backoff"] == [name] and plan["in_backoff"] == {}, plan
+    assert list(_summary(broken, "farm_recycle_summary")["failed"]) == [name], broken.stdout[-6000:]
+    again = farm.metadata()[name]
+    assert again["running"] and again["created_at"] == broken_at, again
+    assert again["failures"]["consecutive"] == 3, "the count is carried to the new life"
+    assert farm.node_states()[name].rstrip("*") not in ("idle", "allocated", "mixed"), farm.node_states()
+
+    # the boot grace (900 s) has passed: failed, the 4th failure backs off twice as long (1200 s),
+    # the VM is shut down rather than rebooted, and its life is accounted as failed
+    past_grace = farmbed.iso(broken_at, 900 + 1)
+    fourth = farm.run("recycle.yml", now=past_grace)
+    assert fourth.rc == 0, fourth.stdout[-6000:]
+    plan = _debug_msg(fourth, "Show what will be recycled")
+    assert plan["replace_failed"] == [name], (farm.node_states(), plan)
+    summary = _summary(fourth, "farm_recycle_summary")
+    assert list(summary["backoff"]) == [name] and summary["replaced"] == {}, summary
+    until = farmbed.iso(past_grace, 1200)  # 600 s * 2 ** (4 - 3)
+    entry = summary["backoff"][name]
+    assert entry["backoff_until"] == until and entry["failures"]["consecutive"] == 4, entry
+    assert entry["console_tail"], entry
+    assert not farm.metadata()[name]["running"], "a slot in back-off is shut down, not rebooted"
+    assert _accounted_end(name, broken_at) == ("failed", past_grace)
+
+    # after that back-off: re-created with the farm's own cloud-init, count carried, resumed, cleared
     later = farmbed.iso(until, 1)
     third = farm.run("recycle.yml", now=later)
     assert third.rc == 0, third.stdout[-6000:]
@@ -488,7 +530,7 @@ def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_jo
     assert plan["replace_after_backoff"] == [name] and plan["in_backoff"] == {}, plan
     summary = _summary(third, "farm_recycle_summary")
     assert list(summary["replaced"]) == [name], summary
-    assert summary["replaced"][name]["failures"]["consecutive"] == 3, summary
+    assert summary["replaced"][name]["failures"]["consecutive"] == 4, summary
     after = farm.metadata()
     assert after[name]["running"] and after[name]["created_at"] == later, after[name]
     assert farmbed.version_of(after[name]) == farm.versions[-1]
