@@ -278,8 +278,9 @@ class AccountingStore:
         if before and before.get("ended"):
             # a life ends once: its first recorded end and reason stand (a slot in back-off is recorded
             # when its VM stops, and again when recycle.yml replaces it, after its drain claim)
-            after["ended"], after["end_reason"] = before["ended"], before.get("end_reason")
-            if after.get("drain_started") and after["drain_started"] > after["ended"]:
+            ended = str(before["ended"])
+            after["ended"], after["end_reason"] = ended, before.get("end_reason")
+            if str(after.get("drain_started") or "") > ended:
                 after["drain_started"] = before.get("drain_started")
         if not after.get("worker_type"):
             after["worker_type"] = DEFAULT_WORKER_TYPE
