@@ -495,7 +495,7 @@ def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_jo
         "recycle.yml",
         now=broken_at,
         farm_ops_slot=dict(farm.extravars["farm_ops_slot"], cloud_init=BROKEN_CLOUD_INIT),
-        farm_ops_boot_timeout=60,
+        farm_ops_boot_timeout=30,
     )
     assert broken.rc != 0, broken.stdout[-6000:]
     plan = _debug_msg(broken, "Show what will be recycled")
@@ -509,7 +509,7 @@ def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_jo
     # the boot grace (900 s) has passed: failed, the 4th failure backs off twice as long (1200 s),
     # the VM is shut down rather than rebooted, and its life is accounted as failed
     past_grace = farmbed.iso(broken_at, 900 + 1)
-    fourth = farm.run("recycle.yml", now=past_grace)
+    fourth = farm.run("recycle.yml", now=past_grace, farm_recycle_failed_shutdown_timeout=5)
     assert fourth.rc == 0, fourth.stdout[-6000:]
     plan = _debug_msg(fourth, "Show what will be recycled")
     assert plan["replace_failed"] == [name], (farm.node_states(), plan)
