@@ -1,6 +1,8 @@
-"""The multi-hypervisor test bed, built and started once per session (tests/testbed/hypervisors.py):
+"""The multi-hypervisor test bed, built and started once for this package (tests/testbed/hypervisors.py):
 three hypervisor hosts on this machine, each with its own root filesystem, address, sshd and
-libvirtd, which Ansible and libvirt reach over SSH like real ones."""
+libvirtd, which Ansible and libvirt reach over SSH like real ones. The bed and the guests booted
+in it go when the package ends: idle TCG guests left running would slow every package after it
+(the slot tests took 5-10 times longer beside them)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def run_hypervisors_play(bed: HypervisorBed) -> PlaybookResult:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def hvbed() -> Iterator[HypervisorBed]:
     start = time.monotonic()
     rootfs = build_rootfs()
@@ -51,7 +53,7 @@ def hvbed() -> Iterator[HypervisorBed]:
         _timed("tear down", start)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def configured(hvbed: HypervisorBed) -> PlaybookResult:
     """The first run of the hypervisor role on the three (asserted by test_role_over_ssh)."""
     start = time.monotonic()
