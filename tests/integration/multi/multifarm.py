@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+import yaml
+
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file
 from tests.testbed import slurmcli
 from tests.testbed.ansible import LOCALHOST, ROOT, PlaybookResult, check_playbook, run_playbook
@@ -113,14 +115,35 @@ class MultiFarm:
     def inventory(self) -> Dict[str, Any]:
         return self.bed.inventory()
 
-    def run(self, playbook: str, timeout: int = 1800, **extra: Any) -> PlaybookResult:
-        """A collection playbook against the bed's hypervisors with the farm's variables."""
+    def run(self, playbook: str, timeout: int = 1800, inventory: Optional[str] = None, **extra: Any) -> PlaybookResult:
+        """A collection playbook with the farm's variables, against the bed's hypervisors (or
+        ``inventory``: a directory from :meth:`slots_inventory`); the batch commands it runs on this
+        machine reach the farm's slurmctld."""
         return run_playbook(
             os.path.join(ROOT, "playbooks", playbook),
-            inventory=self.inventory(),
+            inventory=inventory if inventory is not None else self.inventory(),
             extravars=dict(self.extravars, **extra),
+            envvars={"SLURM_CONF": SLURM_CONF},
             timeout=timeout,
         )
+
+    def slots_inventory(self, directory: str) -> str:
+        """An inventory directory as a site's AWX project has it: the hypervisors (group
+        ``hypervisors``, SSH settings as group variables) and the slots plugin reading them over
+        ``qemu+ssh://`` with the batch view; the lifecycle plays run against it."""
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "a-hypervisors.yml"), "w", encoding="utf-8") as fh:
+            yaml.safe_dump(self.inventory(), fh)
+        config = {
+            "plugin": "batchvirt.farm.slots",
+            "hypervisor_group": "hypervisors",
+            "uri_template": self.bed.uri_template(),
+            "batch": {"system": "slurm"},
+            "timeout": 20,
+        }
+        with open(os.path.join(directory, "farm.farm.slots.yml"), "w", encoding="utf-8") as fh:
+            yaml.safe_dump(config, fh)
+        return directory
 
     # -- pieces -----------------------------------------------------------------------------
     def serve(self, directory: str) -> str:
