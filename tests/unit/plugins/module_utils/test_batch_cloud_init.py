@@ -75,3 +75,41 @@ def test_htcondor_execute_node():
 def test_bad_input(kwargs, message):
     with pytest.raises(BatchError, match=message):
         cloud_init_registration(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("enabled", "enable_call"),
+    [
+        (["munge", "slurmd"], None),  # the image enables both: no `systemctl enable` (each reloads systemd)
+        (["munge"], "enable slurmd"),
+        ([], "enable munge slurmd"),
+    ],
+)
+def test_the_restart_script_enables_only_what_is_not_enabled(tmp_path, enabled, enable_call):
+    """The runcmd entry run by a real shell against a recording `systemctl`."""
+    import os
+    import subprocess
+
+    data = cloud_init_registration("slurm", "vm1", "10.0.2.2", KEY, slurm_conf="ClusterName=farm\n")
+    script = data["runcmd"][-1][2]
+    systemd_dir = tmp_path / "run-systemd-system"
+    systemd_dir.mkdir()
+    log = tmp_path / "calls"
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        'if [ "$1" = is-enabled ]; then\n'
+        f'  case " {" ".join(enabled)} " in *" $3 "*) exit 0;; esac; exit 1\n'
+        "fi\n"
+    )
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
+    run = subprocess.run(
+        ["sh", "-c", script.replace("/run/systemd/system", str(systemd_dir))], env=env, capture_output=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    calls = log.read_text().splitlines()
+    assert [c for c in calls if c.startswith("enable")] == ([enable_call] if enable_call else [])
+    assert calls[-1] == "restart munge slurmd"
