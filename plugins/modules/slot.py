@@ -200,7 +200,7 @@ options:
       - V(present) the slot is defined (not started); V(running) defined and running (a stopped slot is started,
         a missing one created); V(draining) records an operator drain request with O(drain_reason) in its metadata;
         V(absent) removes the domain, its overlay and its seed ISO.
-      - V(resolved) changes nothing (also outside check mode): it only resolves O(image) on the hypervisor as a
+      - V(resolved) changes nothing (also outside check mode); it only resolves O(image) on the hypervisor as a
         new slot would get it, V(latest) with O(image.avoid) included, and returns it in RV(image). Playbooks
         ask it before they remove a slot to re-create it (C(playbooks/tasks/recreate_slot.yml)), so a slot for
         which no version is left is kept instead of being removed and lost. It is a state of this module, not a
