@@ -31,6 +31,7 @@ from ansible_collections.batchvirt.farm.plugins.module_utils._image_prune import
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_selection import (
     LATEST,
     WITHDRAWN_SUFFIX,
+    ImageAvoided,
     ImageNotEndorsed,
     select_version,
     withdrawn_marker,
@@ -72,6 +73,7 @@ __all__ = [
     "STATES",
     "WITHDRAWN_SUFFIX",
     "CacheLockTimeout",
+    "ImageAvoided",
     "Clock",
     "ImageCache",
     "ImageCacheError",

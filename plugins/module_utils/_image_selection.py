@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_states import ImageStates
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_store import (
@@ -50,6 +50,10 @@ _ENTRY_FIELDS = ("identifier", "version", "uri", "size", "sha512", "format", "ex
 
 class ImageNotEndorsed(ImageCacheError):
     """No version of an image may be deployed: none is endorsed (withdrawn, expired or unknown)."""
+
+
+class ImageAvoided(ImageCacheError):
+    """Versions of an image may be deployed, but the caller avoids every one of them (``avoid``)."""
 
 
 def withdrawn_marker(identifier: str, version: str) -> str:
@@ -194,8 +198,9 @@ class ImageSelection(ImageStates):
         deployed, by :func:`select_version`; ``staged``: only versions ready on this hypervisor."""
         return select_version(self, identifier, version, staged=staged)
 
-    def latest(self, identifier: str, state: Optional[str] = READY) -> Optional[ImageRecord]:
-        """The ready version a new slot of ``identifier`` gets (:func:`select_version`).
+    def latest(self, identifier: str, state: Optional[str] = READY, avoid: Sequence[str] = ()) -> Optional[ImageRecord]:
+        """The ready version a new slot of ``identifier`` gets (:func:`select_version`), skipping
+        the versions in ``avoid`` (:class:`ImageAvoided` when that leaves none).
 
         None when no version of ``identifier`` is ready here at all; raises
         :class:`ImageNotEndorsed` when versions are ready but none may be deployed (withdrawn or
@@ -208,7 +213,7 @@ class ImageSelection(ImageStates):
         validate_name(identifier, "image identifier")
         if not any(r.identifier == identifier for r in self.images(READY)):
             return None
-        entry = select_version(self, identifier, LATEST, staged=True)
+        entry = select_version(self, identifier, LATEST, staged=True, avoid=avoid)
         return self.get(identifier, entry["version"])
 
     def withdrawn(self) -> List[ImageRecord]:
@@ -258,9 +263,14 @@ def select_version(
     version: str = LATEST,
     now: Optional[datetime.datetime] = None,
     staged: bool = False,
+    avoid: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """THE image selection: the entry of ``identifier`` at ``version`` (``latest``: the highest
     allowed one) that may be deployed at ``now`` (default: the cache's clock).
+
+    ``avoid``: versions ``latest`` skips (those in back-off on this hypervisor after repeated
+    failures); when they are all that is left, :class:`ImageAvoided` names them. Only with
+    ``latest``: an explicit version is never replaced by another one.
 
     Allowed: endorsed by a currently accepted list and not past the entry's ``expires``, or
     staged explicitly without a list. ``staged``: only versions ready in this cache. Returns a
@@ -280,6 +290,15 @@ def select_version(
         allowed = [e for e in allowed if e["version"] in ready]
     if version != LATEST:
         allowed = [e for e in allowed if e["version"] == version]
+    elif avoid and allowed:
+        kept = [e for e in allowed if e["version"] not in avoid]
+        if not kept:
+            raise ImageAvoided(
+                "image %s: every version that may be deployed here is avoided (%s)"
+                % (identifier, ", ".join(sorted({e["version"] for e in allowed}, key=version_key))),
+                "avoid",
+            )
+        allowed = kept
     if allowed:
         return max(allowed, key=lambda e: (version_key(e["version"]), e["version"], e["list_id"]))
     raise ImageNotEndorsed(_refusal(identifier, version, known, ready, when, staged), "version")

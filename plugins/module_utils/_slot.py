@@ -253,6 +253,8 @@ def run(module: Any, conn: Any, now: datetime.datetime) -> Dict[str, Any]:
     if block is not None and block.warning:
         manager.warnings.append(block.warning)
     state = params["state"]
+    if state == "resolved":  # read-only: the image a new slot would get, nothing else
+        return _resolved(manager, requests, bool(params.get("name")))
     if state in ("present", "running"):
         results = manager.ensure(requests, state)
         if block is not None and not block.recorded and not module.check_mode and not manager.failures:
@@ -269,6 +271,20 @@ def run(module: Any, conn: Any, now: datetime.datetime) -> Dict[str, Any]:
     out = _result(params, results, manager.warnings)
     if manager.failures:
         raise SlotRunError("; ".join(manager.failures.values()), "name", out)
+    return out
+
+
+def _resolved(manager: SlotManager, requests: Sequence[Dict[str, Any]], one: bool) -> Dict[str, Any]:
+    """``state=resolved``: the image each slot would be created on (``latest`` with ``image.avoid``
+    resolved by the same rule as a creation); changes nothing, raises SlotError as a creation would."""
+    slots = []
+    for req in requests:
+        image = manager.planner.image(req.get("image") or {})
+        described = {"identifier": image.identifier, "version": image.version, "path": image.path}
+        slots.append({"name": req["name"], "changed": False, "actions": [], "image": described})
+    out: Dict[str, Any] = {"changed": False, "slots": slots}
+    if one and slots:
+        out.update(name=slots[0]["name"], image=slots[0]["image"])
     return out
 
 

@@ -77,15 +77,30 @@ def _not_staged(identifier: str, version: str, state: str, root: str) -> SlotErr
 
 
 def resolve_image(spec: Dict[str, Any]) -> ImageSource:
-    """The staged image of ``image`` (identifier + version from the cache, or an explicit path)."""
+    """The staged image of ``image`` (identifier + version from the cache, or an explicit path).
+
+    ``image.avoid``: versions that ``latest`` skips (SlotError naming ``image.avoid`` when no other
+    is left); a pinned version among them is refused (``avoid`` never swaps one version for another).
+    """
     spec = spec or {}
+    avoid = [str(v) for v in spec.get("avoid") or []]
+    if avoid and spec.get("version") and spec["version"] != "latest" and spec["version"] in avoid:
+        raise SlotError(
+            "image.version %s is in image.avoid (%s): image.avoid only makes version latest skip versions; "
+            "give another version, or version latest" % (spec["version"], ", ".join(avoid)),
+            "image.avoid",
+        )
     if spec.get("path"):
         return _from_path(spec, spec["path"])
     identifier = spec.get("identifier") or ""
     version = spec.get("version") or ""
     if not identifier or not version:
         raise SlotError("image needs identifier and version (a staged image), or path", "image")
-    from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache, ImageCacheError
+    from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import (
+        ImageAvoided,
+        ImageCache,
+        ImageCacheError,
+    )
 
     root = spec.get("cache_root") or DEFAULT_IMAGE_ROOT
     record = None
@@ -93,12 +108,19 @@ def resolve_image(spec: Dict[str, Any]) -> ImageSource:
         cache = ImageCache(root)
         try:
             if version == "latest":  # the newest ready version of the image on this hypervisor
-                record = cache.latest(identifier)
+                record = cache.latest(identifier, avoid=avoid)
                 version = record.version if record is not None else version
             else:  # a pinned version: if it is staged, still only one that may be deployed (never withdrawn)
                 record = cache.get(identifier, version)
                 if record is not None and record.state == "ready":
                     cache.resolve(identifier, version, staged=True)
+        except ImageAvoided as exc:
+            raise SlotError(
+                f"{exc} by image.avoid (versions in back-off on this hypervisor): no other version is left for a "
+                "new slot. Stage and endorse a newer version, wait until the back-off ends, or leave image.avoid "
+                "out to take the newest anyway",
+                "image.avoid",
+            ) from None
         except ImageCacheError as exc:
             raise SlotError(f"image {identifier} {version}: {exc}", "image") from None
         finally:

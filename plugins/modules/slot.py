@@ -200,6 +200,13 @@ options:
       - V(present) the slot is defined (not started); V(running) defined and running (a stopped slot is started,
         a missing one created); V(draining) records an operator drain request with O(drain_reason) in its metadata;
         V(absent) removes the domain, its overlay and its seed ISO.
+      - V(resolved) changes nothing (also outside check mode); it only resolves O(image) on the hypervisor as a
+        new slot would get it, V(latest) with O(image.avoid) included, and returns it in RV(image). Playbooks
+        ask it before they remove a slot to re-create it (C(playbooks/tasks/recreate_slot.yml)), so a slot for
+        which no version is left is kept instead of being removed and lost. It is a state of this module, not a
+        check-mode run of V(running), because a check-mode run on an existing slot compares it with its
+        definition (it does not say which version a new one would get) and goes through the same rule in
+        the same code (C(resolve_image)) as the creation that follows.
       - V(draining) before the slot's planned drain time also moves C($MACHINEFEATURES/shutdowntime) inside
         the running VM to the new time, through the QEMU guest agent, as M(batchvirt.farm.slot_drain) does
         (see O(machine_features)); the result's C(machinefeatures) says what happened.
@@ -207,7 +214,7 @@ options:
         a V(failed) slot is accepted without O(force) when O(batch) is given and the batch system shows no
         job on its node (down, not responding or never registered), or libvirt reports its domain crashed.
     type: str
-    choices: [present, running, draining, absent]
+    choices: [present, running, draining, absent, resolved]
     default: running
   hypervisor:
     description:
@@ -240,6 +247,16 @@ options:
         description: The image cache's directory.
         type: path
         default: /var/lib/batchvirt/images
+      avoid:
+        description:
+          - Versions that V(latest) skips, for example the versions whose slots are in back-off on this
+            hypervisor after repeated failures (C(docs/operations.md)); the newest other deployable version
+            is taken.
+          - When no other version is left, the task fails naming O(image.avoid) and the versions avoided,
+            and creates nothing.
+          - Only with O(image.version=latest); a pinned O(image.version) listed here is refused.
+        type: list
+        elements: str
   vcpus:
     description: vCPUs per slot.
     type: int
@@ -637,6 +654,23 @@ ssh:
   returned: when O(name) is given
   type: dict
   sample: {host: 127.0.0.1, port: 10022, user: root}
+image:
+  description:
+    - The image a new slot would get (O(state=resolved) with O(name); each entry of RV(slots) has it too),
+      V(latest) resolved with O(image.avoid).
+  returned: when O(state=resolved)
+  type: dict
+  contains:
+    identifier:
+      description: The image identifier.
+      type: str
+    version:
+      description: The version.
+      type: str
+    path:
+      description: The image file on the hypervisor.
+      type: str
+  sample: {identifier: worker-el9, version: "20261101.1", path: /var/lib/batchvirt/images/worker-el9_20261101.1.qcow2}
 """
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._module import FarmModule, run_module  # noqa: E402
@@ -695,7 +729,11 @@ ARGUMENT_SPEC = {
             },
         },
     },
-    "state": {"type": "str", "choices": ["present", "running", "draining", "absent"], "default": "running"},
+    "state": {
+        "type": "str",
+        "choices": ["present", "running", "draining", "absent", "resolved"],
+        "default": "running",
+    },
     "hypervisor": {"type": "str"},
     "image": {
         "type": "dict",
@@ -706,6 +744,7 @@ ARGUMENT_SPEC = {
             "format": {"type": "str", "choices": ["qcow2", "raw"]},
             "sha512": {"type": "str"},
             "cache_root": {"type": "path", "default": "/var/lib/batchvirt/images"},
+            "avoid": {"type": "list", "elements": "str"},
         },
     },
     "vcpus": {"type": "int", "default": 1},

@@ -390,6 +390,24 @@ def _set_failures(name: str, consecutive: int, image: str) -> None:
         conn.close()
 
 
+def _assert_a_new_slot_avoids(bad: str) -> None:
+    """While ``bad`` is in back-off here, what recreate_slot.yml asks before it removes another slot
+    (the slot module's image resolution with ``image.avoid``, on this hypervisor's real cache) never
+    gives ``bad``: another deployable version, or a refusal naming image.avoid (the slot is held)."""
+    from ansible_collections.batchvirt.farm.plugins.module_utils._slot import SlotError
+    from ansible_collections.batchvirt.farm.plugins.module_utils._slot_image import resolve_image
+
+    spec = {"identifier": farmbed.IDENTIFIER, "version": "latest", "cache_root": farmbed.IMAGE_ROOT}
+    newest = resolve_image(spec).version
+    try:
+        chosen = resolve_image(dict(spec, avoid=[bad])).version
+    except SlotError as exc:
+        assert exc.option == "image.avoid" and f"avoided ({bad})" in str(exc), exc
+        assert newest == bad, "refused although another version is deployable"
+    else:
+        assert chosen != bad and newest in (bad, chosen), (bad, newest, chosen)
+
+
 def _kill_slurmd_reachability(farm, name: str) -> None:
     """slurmd of the slot stops answering the controller, as when it dies: its forward on the host is
     removed from the running QEMU (so no registration request reaches it any more) and the node is set
@@ -487,6 +505,7 @@ def test_a_failed_slot_backs_off_after_k_failures_then_is_replaced_and_runs_a_jo
     assert plan["replace_failed"] == [] and plan["replace_after_backoff"] == [], plan
     assert _summary(second, "farm_recycle_summary")["in_backoff"] == {name: until}
     assert farm.metadata()[name] == held[name]
+    _assert_a_new_slot_avoids(farmbed.version_of(before[name]))
 
     # after it: re-created with the count carried, but from a cloud-init that fails on purpose: it
     # never registers, and the run says it could not recycle the slot once its boot timeout passed

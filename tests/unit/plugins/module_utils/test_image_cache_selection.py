@@ -9,6 +9,7 @@ import os
 import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import (
+    ImageAvoided,
     ImageCache,
     ImageNotEndorsed,
     select_version,
@@ -181,3 +182,25 @@ def test_accepting_the_same_list_again_writes_nothing(cache, clock):
     # a real change is written, with its time
     cache.record_list(LIST, "2", [entry("1")])
     assert cache.subscriptions()[0]["accepted_at"] == "2026-11-01T13:00:00Z"
+
+
+def test_latest_skips_avoided_versions_and_names_them_when_none_is_left(cache):
+    cache.record_list(LIST, "1", [entry("1"), entry("2"), entry("3")])
+    for version in ("1", "2", "3"):
+        stage(cache, version)
+    assert cache.latest("worker", avoid=["3"]).version == "2"
+    assert select_version(cache, "worker", avoid=["3", "2"], staged=True)["version"] == "1"
+    assert cache.latest("worker", avoid=["9"]).version == "3"  # an unknown version changes nothing
+    # an explicit version is never swapped for another one
+    assert select_version(cache, "worker", "3", avoid=["3"])["version"] == "3"
+    with pytest.raises(ImageAvoided) as err:
+        cache.latest("worker", avoid=["1", "2", "3"])
+    assert err.value.message == "image worker: every version that may be deployed here is avoided (1, 2, 3)"
+    assert err.value.option == "avoid"
+
+
+def test_avoid_never_brings_back_a_withdrawn_version(cache):
+    accept_v1_v2_stage_both_then_withdraw_v2(cache)
+    with pytest.raises(ImageAvoided) as err:
+        cache.latest("worker", avoid=["1"])
+    assert "avoided (1)" in err.value.message

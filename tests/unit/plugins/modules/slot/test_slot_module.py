@@ -174,3 +174,55 @@ def test_cloud_init_passwords_stay_out_of_the_log(capsys, image):
     assert secret not in json.dumps(result)
     logged = result["invocation"]["module_args"]["slots"][0]["cloud_init"]
     assert logged["chpasswd"]["users"][0]["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+
+
+@pytest.fixture
+def staged(tmp_path):
+    """An image cache with versions 1, 2 and 3 of ``worker`` endorsed and staged."""
+    from ansible_collections.batchvirt.farm.plugins.module_utils._image_cache import ImageCache
+    from tests.unit.plugins.module_utils.test_image_cache_selection import LIST, entry, stage
+
+    root = str(tmp_path / "images")
+    with ImageCache(root) as cache:
+        cache.record_list(LIST, "1", [entry("1"), entry("2"), entry("3")])
+        for version in ("1", "2", "3"):
+            stage(cache, version)
+    return root
+
+
+def test_resolved_names_the_version_a_new_slot_gets_and_changes_nothing(capsys, staged):
+    image = {"identifier": "worker", "version": "latest", "cache_root": staged}
+    result = run_main(capsys, name="hv1-slot-01", state="resolved", image=image)
+    assert not result.get("failed"), result
+    assert not result["changed"] and result["image"]["version"] == "3"
+    result = run_main(capsys, name="hv1-slot-01", state="resolved", image=dict(image, avoid=["3"]))
+    assert result["image"]["version"] == "2"
+    assert result["slots"] == [{"name": "hv1-slot-01", "changed": False, "actions": [], "image": result["image"]}]
+    # in check mode too, and with state=running the creation takes the same version
+    result = run_main(
+        capsys, name="hv1-slot-01", state="resolved", image=dict(image, avoid=["3", "2"]), _ansible_check_mode=True
+    )
+    assert result["image"]["version"] == "1"
+    result = run_main(capsys, name="hv1-slot-01", image=dict(image, avoid=["3"]), _ansible_check_mode=True)
+    assert result["metadata"]["image"]["version"] == "2", result
+    conn = libvirt.open("test:///default")
+    assert "hv1-slot-01" not in [d.name() for d in conn.listAllDomains(0)]
+
+
+@pytest.mark.parametrize("state", ["resolved", "running"])
+def test_avoiding_every_version_fails_naming_image_avoid(capsys, staged, state):
+    image = {"identifier": "worker", "version": "latest", "cache_root": staged, "avoid": ["1", "2", "3"]}
+    result = run_main(capsys, name="hv1-slot-01", state=state, image=image, _ansible_check_mode=True)
+    assert result["failed"] and result["option"] == "image.avoid"
+    assert "every version that may be deployed here is avoided (1, 2, 3) by image.avoid" in result["msg"]
+    assert "Stage and endorse a newer version" in result["msg"]
+
+
+def test_a_pinned_version_in_avoid_is_refused(capsys, staged):
+    image = {"identifier": "worker", "version": "2", "cache_root": staged, "avoid": ["2"]}
+    result = run_main(capsys, name="hv1-slot-01", state="resolved", image=image)
+    assert result["failed"] and result["option"] == "image.avoid"
+    assert "image.version 2 is in image.avoid (2)" in result["msg"]
+    # a pinned version that is not avoided is taken as it is
+    result = run_main(capsys, name="hv1-slot-01", state="resolved", image=dict(image, avoid=["3"]))
+    assert result["image"]["version"] == "2"
