@@ -235,11 +235,12 @@ def test_rebalance_fills_the_empty_place_a_removed_slot_left(farm):
         farm_rebalance_policy={"max_retypes_per_run": 2, "hold_seconds": 0, "min_slot_age_seconds": 0},
         farm_rebalance_slurm_conf=farmbed.SLURM_CONF,
         farm_vm_slots_ssh_port_base=farmbed.SSH_PORT_BASE,
-        # the test farm's static Slurm nodes listen on a forwarded port per slot number
+        # the test farm's static Slurm nodes listen on a forwarded port per slot number (a template:
+        # every host's variables are resolved, where farm_rebalance_place is undefined)
         farm_rebalance_place_network={
             "forwards": [
-                "127.0.0.1:{{ %d + farm_rebalance_place.number - 1 }}:{{ %d + farm_rebalance_place.number - 1 }}"
-                % (farmbed.SLURMD_PORT_BASE, farmbed.SLURMD_PORT_BASE)
+                "127.0.0.1:{{ %(p)d + (farm_rebalance_place.number | default(1)) - 1 }}:"
+                "{{ %(p)d + (farm_rebalance_place.number | default(1)) - 1 }}" % {"p": farmbed.SLURMD_PORT_BASE}
             ]
         },
     )
