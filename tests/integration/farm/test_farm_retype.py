@@ -213,3 +213,70 @@ def _retype_and_back(farm: farmbed.Farm, inventory: str) -> None:
     farm.wait_accepting()
     figures["total"] = time.monotonic() - start
     print("retype figures (s):", json.dumps({k: round(v, 1) for k, v in figures.items()}))
+
+
+def test_rebalance_fills_the_empty_place_a_removed_slot_left(farm):
+    """Runs after the slot-removal test (farm/conftest.py orders it): the farm's hypervisor has two
+    places and one slot, so the plan fills the empty place. --check only shows the new slot;
+    then rebalance.yml creates it as the type below its minimum (bvtb), named and addressed as the
+    layout gives slot 2 (<hypervisor>-slot-02, SSH port base + 1), and waits until it takes jobs: its
+    node carries the type's feature and a bvtb job runs there. A second run changes nothing. One
+    new VM boot."""
+    names = sorted(farm.metadata())
+    assert len(names) == 1, names  # the slot-removal test left one slot
+    kept = names[0]
+    created_before = farm.metadata()[kept]["created_at"]
+    new = f"{farmbed.HYPERVISOR}-slot-02"
+    port = farmbed.SLURMD_PORT_BASE + 1
+    extravars = dict(
+        farm.extravars,
+        farm_worker_types=[dict(t, min_slots=1) for t in _types(1)],
+        farm_rebalance_hypervisors=[{"name": "localhost", "places": 2, "default_type": A}],
+        farm_rebalance_policy={"max_retypes_per_run": 2, "hold_seconds": 0, "min_slot_age_seconds": 0},
+        farm_rebalance_slurm_conf=farmbed.SLURM_CONF,
+        farm_vm_slots_ssh_port_base=farmbed.SSH_PORT_BASE,
+        # the test farm's static Slurm nodes listen on a forwarded port per slot number (a template:
+        # every host's variables are resolved, where farm_rebalance_place is undefined)
+        farm_rebalance_place_network={
+            "forwards": [
+                "127.0.0.1:{{ %(p)d + (farm_rebalance_place.number | default(1)) - 1 }}:"
+                "{{ %(p)d + (farm_rebalance_place.number | default(1)) - 1 }}" % {"p": farmbed.SLURMD_PORT_BASE}
+            ]
+        },
+    )
+    env = {"SLURM_CONF": farmbed.SLURM_CONF, "BATCHVIRT_FARM_NOW": _clock(farm)}
+    playbook = os.path.join(ROOT, "playbooks", "rebalance.yml")
+
+    check = run_playbook(playbook, inventory=farm.inventory, extravars=extravars, envvars=env, check=True)
+    assert check.rc == 0, check.stdout[-6000:]
+    plan = check.results("Show the plan")[-1]["msg"]
+    assert [(s["name"], s["type"], s["network"]) for s in plan["fill_empty_places"]] == [
+        (new, B, {"ssh_port": farmbed.SSH_PORT_BASE + 1})
+    ], plan
+    assert new not in farm.metadata()
+
+    start = time.monotonic()
+    result = run_playbook(playbook, inventory=farm.inventory, extravars=extravars, envvars=env)
+    farm.timings["fill_empty_place"] = time.monotonic() - start
+    assert result.rc == 0, result.stdout[-6000:]
+    summary = result.results("Show the summary")[-1]["farm_rebalance_summary"]
+    assert summary["filled_empty_places"] == {new: {"result": "filled empty place", "hypervisor": "bvtfarm", "type": B}}
+    assert summary["failed"] == {} and summary["filled"] == {} and summary["drained"] == {}, summary
+    assert summary["empty_places_not_filled"] == [], summary
+    meta = farm.metadata()
+    assert meta[new]["running"] and meta[new]["worker_type"] == B, meta[new]
+    assert meta[kept]["created_at"] == created_before  # the existing slot was not touched
+    assert B in _features(new), _features(new)
+    assert f"127.0.0.1:{port}:{port}" in str(meta[new]), meta[new]
+
+    job = _sbatch(f"--constraint={B}", "--wrap", "hostname")
+    info = _wait_job(job)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", info
+    assert info["NodeList"] == new, info
+
+    again = run_playbook(playbook, inventory=farm.inventory, extravars=extravars, envvars=env)
+    assert again.rc == 0, again.stdout[-6000:]
+    summary = again.results("Show the summary")[-1]["farm_rebalance_summary"]
+    assert summary["filled_empty_places"] == {} and summary["filled"] == {} and summary["drained"] == {}, summary
+    assert farm.metadata()[new]["created_at"] == meta[new]["created_at"]
+    print(f"fill_empty_place: {farm.timings['fill_empty_place']:.0f} s")
