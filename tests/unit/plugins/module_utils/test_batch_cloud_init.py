@@ -33,7 +33,7 @@ def test_slurm_dynamic_node_with_slurm_conf():
     line = [x for x in default.splitlines() if x.startswith("SLURMD_OPTIONS=")][0]
     assert shlex.split(line.split("=", 1)[1]) == ["-N slot-hv01-03 -Z --conf=Feature=worker-el9"]
     assert data["runcmd"][-1][0:2] == ["sh", "-c"]
-    assert "systemctl restart munge slurmd" in data["runcmd"][-1][2]
+    assert "for unit in munge slurmd" in data["runcmd"][-1][2]
     assert "service slurmd restart" in data["runcmd"][-1][2]
 
 
@@ -77,39 +77,66 @@ def test_bad_input(kwargs, message):
         cloud_init_registration(**kwargs)
 
 
+WRITTEN_AT = 1_800_000_000  # when cloud-init wrote the key and configuration files (epoch)
+
+
 @pytest.mark.parametrize(
-    ("enabled", "enable_call"),
+    ("enabled", "running", "calls_wanted"),
     [
-        (["munge", "slurmd"], None),  # the image enables both: no `systemctl enable` (each reloads systemd)
-        (["munge"], "enable slurmd"),
-        ([], "enable munge slurmd"),
+        # the usual image: both enabled, both started after cloud-init wrote their files: nothing
+        # to do (no reload of systemd, no second registration of a node that may have a job)
+        ({"munge", "slurmd"}, {"munge": 100, "slurmd": 100}, []),
+        # slurmd started before its configuration was written: restarted, munge left alone
+        ({"munge", "slurmd"}, {"munge": 100, "slurmd": -100}, ["restart slurmd"]),
+        # started in the same second as the newest file: restarted (it may have read the old one)
+        ({"munge", "slurmd"}, {"munge": 0, "slurmd": 100}, ["restart munge"]),
+        # slurmd not running (it failed without a configuration): started
+        ({"munge", "slurmd"}, {"munge": 100}, ["restart slurmd"]),
+        # an image that enables neither: one `systemctl enable` for both, both started
+        (set(), {}, ["enable munge slurmd", "restart munge", "restart slurmd"]),
+        ({"munge"}, {"munge": 100}, ["enable slurmd", "restart slurmd"]),
     ],
 )
-def test_the_restart_script_enables_only_what_is_not_enabled(tmp_path, enabled, enable_call):
-    """The runcmd entry run by a real shell against a recording `systemctl`."""
+def test_the_registration_script_enables_and_restarts_only_what_needs_it(tmp_path, enabled, running, calls_wanted):
+    """The runcmd entry, run by a real shell against a recording `systemctl` and files whose
+    modification time is cloud-init's write."""
     import os
     import subprocess
+    import time
 
     data = cloud_init_registration("slurm", "vm1", "10.0.2.2", KEY, slurm_conf="ClusterName=farm\n")
     script = data["runcmd"][-1][2]
     systemd_dir = tmp_path / "run-systemd-system"
     systemd_dir.mkdir()
+    script = script.replace("/run/systemd/system", str(systemd_dir))
+    for n, entry in enumerate(data["write_files"]):  # the files, as cloud-init left them
+        local = tmp_path / f"file{n}"
+        local.write_text("x")
+        os.utime(local, (WRITTEN_AT, WRITTEN_AT))
+        assert entry["path"] in script
+        script = script.replace(entry["path"], str(local))
+    (tmp_path / "enabled").write_text("".join(f"{u}\n" for u in enabled))
+    (tmp_path / "active").write_text("".join(f"{u}\n" for u in running))
+    stamp = "%a %Y-%m-%d %H:%M:%S UTC"
+    (tmp_path / "since").write_text(
+        "".join(f"{u} {time.strftime(stamp, time.gmtime(WRITTEN_AT + d))}\n" for u, d in running.items())
+    )
     log = tmp_path / "calls"
     fake = tmp_path / "bin" / "systemctl"
     fake.parent.mkdir()
     fake.write_text(
         "#!/bin/sh\n"
-        f'echo "$*" >> {log}\n'
-        'if [ "$1" = is-enabled ]; then\n'
-        f'  case " {" ".join(enabled)} " in *" $3 "*) exit 0;; esac; exit 1\n'
-        "fi\n"
+        f"cd {tmp_path}\n"
+        'case "$1" in\n'
+        '  is-enabled) grep -qx "$3" enabled ;;\n'
+        '  is-active) grep -qx "$3" active ;;\n'
+        '  show) grep "^$5 " since | cut -d" " -f2- ;;\n'
+        '  *) echo "$*" >> calls ;;\n'
+        "esac\n"
     )
     fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
-    run = subprocess.run(
-        ["sh", "-c", script.replace("/run/systemd/system", str(systemd_dir))], env=env, capture_output=True, check=False
-    )
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", TZ="UTC")
+    run = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
-    calls = log.read_text().splitlines()
-    assert [c for c in calls if c.startswith("enable")] == ([enable_call] if enable_call else [])
-    assert calls[-1] == "restart munge slurmd"
+    calls = log.read_text().splitlines() if log.exists() else []
+    assert calls == calls_wanted
