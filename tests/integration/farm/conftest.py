@@ -31,16 +31,13 @@ def farm(libvirt_uri):
 
 # Removes one of the farm's two slots for good: whatever needs both runs before it.
 LAST = "test_removing_a_slot_shuts_its_guest_down_by_acpi_first"
-# Fills the empty place LAST leaves (rebalance.yml): runs after it.
-AFTER_LAST = "test_rebalance_fills_the_empty_place_a_removed_slot_left"
 
 
 def pytest_collection_modifyitems(items) -> None:  # type: ignore[no-untyped-def]
-    """The slot-removal test comes last among this package's tests but the one that fills the place
-    it empties, whatever file a later test is in (they need both slots); the order of the others and
-    of other packages stays."""
+    """The slot-removal test comes last among this package's tests, whatever file a later test is
+    in (they need both slots); the order of the others and of other packages stays."""
     here = os.path.dirname(os.path.abspath(__file__))
     places = [i for i, item in enumerate(items) if str(item.fspath).startswith(here + os.sep)]
-    ordered = sorted((items[i] for i in places), key=lambda item: {LAST: 1, AFTER_LAST: 2}.get(item.name, 0))
+    ordered = sorted((items[i] for i in places), key=lambda item: item.name == LAST)
     for i, item in zip(places, ordered):
         items[i] = item

@@ -1,6 +1,6 @@
 """rebalance.yml on a libvirt test-driver farm (no VM boots), run through ansible-runner as AWX
 does: the plan from a given queue in check mode (which slots are filled as which worker type,
-which new slot each empty place gets), nothing touched, the lock taken and released; and the
+which empty places are only reported), nothing touched, the lock taken and released; and the
 input it refuses."""
 
 from __future__ import annotations
@@ -94,12 +94,8 @@ def test_rebalance_plan_fills_free_slots_with_the_type_in_demand_and_touches_not
     assert plan["targets"]["el8"]["target"] == 2 and plan["targets"]["el8"]["pending_jobs"] == 4, plan
     # without the batch view no slot's job count is known: nothing is drained for re-typing
     assert plan["drain_for_retyping"] == [], plan
-    # the sixth place is empty: the plan lays out a new slot there, the first free number of hv01
-    # with its SSH port (user-mode networking), and check mode creates nothing
-    new = [(s["name"], s["hypervisor"], s["type"], s["network"]) for s in plan["fill_empty_places"]]
-    assert new == [("hv01-slot-01", "hv01", "el9", {"ssh_port": 10022})], plan
-    assert plan["empty_places_not_filled"] == [], plan
-    assert not result.results("Create the new slot")
+    # the sixth place is empty: reported, never filled by this play
+    assert all(item["hypervisor"] == "hv01" for item in plan["empty_places_not_filled"]), plan
     assert not result.results("Re-create the slot") and not result.results("Claim the slot for this rebalance")
     assert not result.changed
     assert not (tmp_path / "operations.lock").exists(), "the run released the operations lock"
