@@ -64,6 +64,13 @@ class PlaybookResult:
                 out.append(data.get("res", {}))
         return out
 
+    def summary(self, var: str, task: str = "Show the summary") -> Any:
+        """The variable ``var`` a lifecycle play prints at its end (``debug: var=...``)."""
+        for res in self.results(task):
+            if var in res:
+                return res[var]
+        raise AssertionError(f"no {var} in the job events:\n{self.stdout[-4000:]}")
+
     def changed_tasks(self) -> List[str]:
         return [
             e["event_data"]["task"]

@@ -26,10 +26,7 @@ def _debug_msg(result, task: str):
 
 
 def _summary(result, var: str):
-    for res in result.results("Show the summary"):
-        if var in res:
-            return res[var]
-    raise AssertionError(f"no summary in the job events:\n{result.stdout[-4000:]}")
+    return result.summary(var)
 
 
 def test_rolling_update_check_mode_shows_the_plan_and_touches_nothing(farm):

@@ -94,13 +94,6 @@ def test_inventory_sees_the_three_workers_active(multifarm: MultiFarm, tmp_path)
         assert f"ProxyJump=root@{hv.address}:22" in hostvars["ansible_ssh_common_args"], hostvars
 
 
-def _recycle_summary(result) -> dict:  # type: ignore[no-untyped-def]
-    for res in result.results("Show the summary"):
-        if "farm_recycle_summary" in res:
-            return res["farm_recycle_summary"]
-    raise AssertionError(f"no recycle summary in the job events:\n{result.stdout[-4000:]}")
-
-
 def test_a_hypervisor_that_goes_away_is_put_right_by_the_next_recycle(multifarm: MultiFarm, tmp_path) -> None:
     """One hypervisor goes away with its guest, as in a power cut (its sshd and libvirtd stop, its
     QEMU is killed): recycle.yml, run as AWX runs it (the hypervisors' inventory and the slots
@@ -124,7 +117,7 @@ def test_a_hypervisor_that_goes_away_is_put_right_by_the_next_recycle(multifarm:
         away = multifarm.run("recycle.yml", inventory=inventory, **ops)
         TIMINGS["farm: recycle with one hypervisor away"] = round(time.monotonic() - start, 1)
         assert away.rc == 0, away.stdout[-4000:]
-        summary = _recycle_summary(away)
+        summary = away.summary("farm_recycle_summary")
         assert summary["unreachable_hypervisors"] == [gone.name], summary
         assert not summary["replaced"] and not summary["restarted"] and not summary["failed"], summary
         # the other two kept their workers, untouched and taking jobs
@@ -140,7 +133,7 @@ def test_a_hypervisor_that_goes_away_is_put_right_by_the_next_recycle(multifarm:
         time.monotonic() - start, 1
     )
     assert back.rc == 0, back.stdout[-4000:]
-    summary = _recycle_summary(back)
+    summary = back.summary("farm_recycle_summary")
     assert summary["unreachable_hypervisors"] == [], summary
     # a guest that went down with its host is `stopped` (started again) or, seen as crashed, `failed` (re-created)
     assert [node] == (summary["restarted"] or list(summary["replaced"])), summary
