@@ -198,13 +198,19 @@ def test_recycle_leaves_a_slot_alone_while_a_patch_rolling_update_drains_it(farm
     before = farm.metadata()
     jobs = _start_jobs(farm, 40)
     outcome = {}
+    # the "patch" holds its slot drained until the test has seen what it wants (at most 300 s): the
+    # gate file is made after step 2, so the second slot's patch returns at once
+    gate = os.path.join(farm.tmp, "patch-gate")
+    if os.path.exists(gate):
+        os.unlink(gate)
+    patch = f"for i in $(seq 300); do test -e {shlex.quote(gate)} && exit 0; sleep 1; done; exit 1"
 
     def update():
         outcome["result"] = farm.run(
             "rolling_update.yml",
             farm_rolling_update_min_capacity_share=SHARE,
             farm_rolling_update_reason="bvt patch",
-            **dict(PATCH, farm_rolling_update_patch_command="sleep 75"),
+            **dict(PATCH, farm_rolling_update_patch_command=patch),
         )
 
     runner = threading.Thread(target=update, daemon=True)
@@ -245,6 +251,8 @@ def test_recycle_leaves_a_slot_alone_while_a_patch_rolling_update_drains_it(farm
     assert drained in summary["owned_by_another_operation"], summary
     assert "owned by rolling_update" in summary["owned_by_another_operation"][drained]["msg"], summary
     assert summary["replaced"] == {}, summary
+    with open(gate, "w"):
+        pass
 
     runner.join(900)
     result = outcome["result"]

@@ -3,9 +3,11 @@ one running a job; jobs arrive that need type bvtb (``sbatch --constraint=bvtb``
 pending). ``rebalance.yml`` drains the IDLE bvta slot for re-typing (never the busy one, whose job
 ends with exit 0), the next run re-creates it as bvtb, its new VM registers with feature bvtb and
 the bvtb jobs run there and exit 0; the inventory groups the slot by its new type and its metadata
-records it. Then bvtb demand is gone and the operator raises bvta's minimum to 2: two more runs
-re-type the slot back to bvta, which leaves the farm as the other farm tests want it (two slots
-taking jobs).
+records it. Then bvtb demand is gone and the operator raises bvta's minimum to 2: the next run
+drains the bvtb slot to re-type it back to bvta. The run after it would re-create it as bvta, the
+same fill as the second run's with the other type: the test stops at the drain (it saves a VM
+boot), which leaves one slot drained; only the slot-removal test, which needs a running guest and
+not a slot taking jobs, comes after it in this package.
 
 Both types boot the farm's one staged worker image (512 MiB, one vCPU: TCG is slow); they differ
 in their batch features. The farm's slurm.conf declares a placeholder node (farmbed.TYPES_NODE)
@@ -156,7 +158,8 @@ def _retype_and_back(farm: farmbed.Farm, inventory: str) -> None:
     assert all(not m.get("worker_type") for m in before.values()), before  # untyped: the default bvta
 
     # a job holds the slot the plan would otherwise drain first; bvtb jobs arrive
-    a_job = farm.submit(busy, 0, command="sleep 240")
+    # it must outlast the first run (the plan sees the slot busy); the second one boots a VM
+    a_job = farm.submit(busy, 0, command="sleep 90")
     deadline = time.monotonic() + 300
     while farm.running_jobs().get(busy, 0) < 1:
         assert time.monotonic() < deadline, f"the bvta job did not start: {farm.node_states()}"
@@ -198,18 +201,13 @@ def _retype_and_back(farm: farmbed.Farm, inventory: str) -> None:
     a_job.wait(timeout=600)
     assert a_job.returncode == 0, f"the bvta job was hurt by the rebalance: exit {a_job.returncode}"
 
-    # bvtb demand is gone, bvta's minimum rises to 2: the farm returns to bvta, two runs again
+    # bvtb demand is gone, bvta's minimum rises to 2: the next run drains the bvtb slot for bvta
     t0 = time.monotonic()
     third = _rebalance(farm, inventory, min_a=2)
+    figures["run3_drain_back"] = time.monotonic() - t0
     assert list(third["drained"]) == [idle] and third["drained"][idle]["for"] == A, third
-    fourth = _rebalance(farm, inventory, min_a=2)
-    figures["runs3_4_back_to_a"] = time.monotonic() - t0
-    assert list(fourth["filled"]) == [idle] and fourth["filled"][idle]["type"] == A, fourth
-    meta = farm.metadata()
-    assert meta[idle]["worker_type"] == A and meta[idle]["running"], meta[idle]
-    assert A in _features(idle) and B not in _features(idle), _features(idle)
-    groups = run_inventory(inventory, env={"SLURM_CONF": farmbed.SLURM_CONF})
-    assert groups.hosts(f"worker_{A}") == [idle] and groups.hosts(f"worker_{B}") == [], groups.data.keys()
-    farm.wait_accepting()
+    assert not third["filled"] and not third["failed"], third
+    assert "drain" in farm.node_states()[idle], farm.node_states()
+    assert farm.metadata()[idle]["drain"]["owner"] == "rebalance", farm.metadata()[idle]
     figures["total"] = time.monotonic() - start
     print("retype figures (s):", json.dumps({k: round(v, 1) for k, v in figures.items()}))
