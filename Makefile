@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 GI_VENV      := build/galaxy-importer
-.PHONY: help venv deps link lint ruff mypy yamllint ansible-lint readmes docs-commands sanity unit \
+.PHONY: help venv deps link lint ruff mypy yamllint ansible-lint readmes docs-commands sanity unit test-images test-images-wait \
         check build importer-venv integration molecule test quick demo demo-clean bench clean
 
 help: ## list the targets
@@ -88,8 +88,15 @@ integration: venv link ## integration tests against real daemons (libvirtd, Slur
 molecule: venv link ## every molecule scenario under extensions/molecule/
 	scripts/molecule.sh
 
+test-images: venv link ## start building the integration tests' worker image and bed root filesystem in the background
+	scripts/test-images.sh start
+
+test-images-wait: ## wait for what `make test-images` started, show its log
+	scripts/test-images.sh wait
+
 test: ## everything CI runs: deps, venv, lint, sanity, unit, build, integration, molecule
-	@STOP_ON_FAIL="deps venv" scripts/steps.sh deps venv lint sanity unit build integration molecule
+	@STOP_ON_FAIL="deps venv" scripts/steps.sh deps venv test-images lint sanity unit build test-images-wait \
+	  integration molecule
 
 quick: ## lint and unit tests only (seconds)
 	@scripts/steps.sh ruff mypy yamllint unit
