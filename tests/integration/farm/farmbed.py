@@ -195,17 +195,26 @@ class Farm:
             "farm_batch_client_enable": False,
         }
 
-    def golden_version(self) -> Dict[str, Any]:
-        """A new worker image version produced by the golden node (playbooks/golden_node.yml): the
-        golden VM boots from the worker base image, is configured over SSH, sealed, shut down and
-        snapshotted. Returns the snapshot module's ``image`` result (path, sha512, size, version).
-        The golden node test of this package made one already: that one, unless it did not run."""
-        if self.golden is None:
-            result = run_playbook(
-                os.path.join(ROOT, "playbooks", "golden_node.yml"), inventory=LOCALHOST, extravars=self.golden_vars()
-            )
-            _check(result, "the golden node run")
+    def run_golden_node(self, **extra: Any) -> PlaybookResult:
+        """playbooks/golden_node.yml with :meth:`golden_vars` and ``extra``; a successful run's image
+        becomes :attr:`golden`."""
+        result = run_playbook(
+            os.path.join(ROOT, "playbooks", "golden_node.yml"),
+            inventory=LOCALHOST,
+            extravars=dict(self.golden_vars(), **extra),
+        )
+        if result.rc == 0:
             self.golden = result.results("Snapshot the golden VM into a new image version")[0]["image"]
+        return result
+
+    def golden_version(self) -> Dict[str, Any]:
+        """A new worker image version produced by the golden node: the golden VM boots from the
+        worker base image, is configured over SSH, sealed, shut down and snapshotted. Returns the
+        snapshot module's ``image`` result (path, sha512, size, version): the one the golden node
+        test of this package made, or a new one when that test did not run."""
+        if self.golden is None:
+            _check(self.run_golden_node(), "the golden node run")
+        assert self.golden is not None
         return self.golden
 
     def run(self, playbook: str, check: bool = False, now: Optional[str] = None, **extra: Any) -> PlaybookResult:

@@ -13,28 +13,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from ansible_collections.batchvirt.farm.plugins.module_utils._imagelist import hash_file
 from tests.integration.farm import farmbed
-from tests.testbed.ansible import COLLECTIONS, LOCALHOST, ROOT, run_playbook
+from tests.integration.inventory.conftest import run_inventory
+from tests.testbed.ansible import LOCALHOST, run_playbook
+from tests.unit.plugins.modules.image_list.imagelist_pki import PKI
 
 pytestmark = pytest.mark.slow
-
-
-def _pki(directory: str) -> dict:
-    os.makedirs(os.path.join(directory, "ca"))
-    script = """
-set -e
-openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/C=XX/O=bvt/CN=Golden Test CA" -keyout ca.key -out ca/ca.pem
-openssl req -newkey rsa:2048 -nodes -subj "/C=XX/O=bvt/CN=Golden Endorser" -keyout endorser.key -out endorser.csr
-printf 'keyUsage=digitalSignature\\nextendedKeyUsage=emailProtection\\n' > ext.cnf
-openssl x509 -req -in endorser.csr -CA ca/ca.pem -CAkey ca.key -CAcreateserial -days 30 -extfile ext.cnf -out endorser.pem
-"""
-    subprocess.run(["sh", "-c", script], cwd=directory, check=True, capture_output=True)
-    return {"cert": os.path.join(directory, "endorser.pem"), "key": os.path.join(directory, "endorser.key")}
 
 
 def test_golden_node_builds_seals_snapshots_and_publishes(farm):
@@ -42,10 +30,9 @@ def test_golden_node_builds_seals_snapshots_and_publishes(farm):
 
     name = "golden-" + farmbed.GOLDEN_TYPE
     work = os.path.join(farm.tmp, "golden-test")
-    pki = _pki(os.path.join(work, "pki"))
+    pki = PKI(os.path.join(work, "pki"))
     out = farm.golden_vars()["farm_golden_node_dir"]
-    extravars = dict(
-        farm.golden_vars(),
+    result = farm.run_golden_node(
         farm_golden_node_restart=True,
         farm_golden_node_keep=2,
         farm_golden_node_publish=True,
@@ -53,10 +40,9 @@ def test_golden_node_builds_seals_snapshots_and_publishes(farm):
         farm_golden_node_list_identifier="bvt-golden-images",
         farm_golden_node_list_uri_base="file://" + out,
         farm_golden_node_list_allow_file_uri=True,
-        farm_golden_node_list_signer_cert=pki["cert"],
-        farm_golden_node_list_signer_key=pki["key"],
+        farm_golden_node_list_signer_cert=pki.endorser.cert_path,
+        farm_golden_node_list_signer_key=pki.endorser.key_path,
     )
-    result = run_playbook(os.path.join(ROOT, "playbooks", "golden_node.yml"), inventory=LOCALHOST, extravars=extravars)
     assert result.rc == 0, result.stdout[-6000:]
 
     # sealed inside the guest right before the snapshot
@@ -70,7 +56,7 @@ def test_golden_node_builds_seals_snapshots_and_publishes(farm):
         subprocess.run(["qemu-img", "info", "--output=json", image["path"]], capture_output=True, check=True).stdout
     )
     assert "backing-filename" not in info and info["format"] == "qcow2"
-    farm.golden = image  # the rolling update's new version
+    assert farm.golden == image  # the rolling update's new version
 
     conn = libvirt.open("qemu:///system")
     try:
@@ -83,7 +69,7 @@ def test_golden_node_builds_seals_snapshots_and_publishes(farm):
             inventory=LOCALHOST,
             extravars={
                 "bvt_url": "file://" + os.path.join(out, "site.list"),
-                "bvt_ca_dir": os.path.join(work, "pki", "ca"),
+                "bvt_ca_dir": pki.ca_dir_of(os.path.join(work, "ca"), [pki.root]),
                 "bvt_cache_root": os.path.join(work, "cache", "images"),
             },
         )
@@ -98,16 +84,9 @@ def test_golden_node_builds_seals_snapshots_and_publishes(farm):
                 {"plugin": "batchvirt.farm.slots", "hypervisors": [{"uri": "qemu:///system", "name": "localhost"}]},
                 handle,
             )
-        listed = subprocess.run(
-            [os.path.join(os.path.dirname(sys.executable), "ansible-inventory"), "-i", inventory_file, "--list"],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS),
-        )
-        groups = json.loads(listed.stdout)
-        assert name in groups["farm_golden"]["hosts"]
-        for key, value in groups.items():
+        groups = run_inventory(inventory_file)
+        assert name in groups.hosts("farm_golden")
+        for key, value in groups.data.items():
             if key.startswith("farm_lifecycle_"):
                 assert name not in value.get("hosts", []), key
     finally:
