@@ -4,6 +4,7 @@ and removes all of it afterwards, in reverse order, whatever happened in the tes
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -23,6 +24,43 @@ def _quiet(*_args: object) -> None:
 
 if libvirt is not None:
     libvirt.registerErrorHandler(_quiet, None)
+
+
+# What TestBed.name() makes ("bvt-<stem>-<6 hex>") and the slot names tests build from one
+# ("bvt<stem><6 hex>-slot-NN"): nothing else on a test machine is named so.
+TEST_DOMAIN = re.compile(r"^bvt-?[a-z0-9-]*?[0-9a-f]{6}[a-z]?(-slot-[0-9]+)?$")
+
+
+def remove_leftover_domains(uri: str, volume_dir: str) -> List[str]:
+    """Remove the domains (and their overlay, seed ISO and console log) that an earlier test
+    run killed before its cleanup left behind, e.g. a CI job stopped at its time limit on a
+    machine that runs the next job too. A leftover slot keeps its address and SSH port, which
+    the slot module rightly refuses to give a new slot. Returns the names removed. Run one
+    integration session per machine at a time: this would remove a running session's domains."""
+    conn = libvirt.open(uri)
+    removed = []
+    try:
+        for dom in conn.listAllDomains(0):
+            name = dom.name()
+            if not TEST_DOMAIN.match(name):
+                continue
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+            for path in (
+                os.path.join(volume_dir, f"{name}.qcow2"),
+                os.path.join(volume_dir, f"{name}-seed.iso"),
+                f"/var/log/libvirt/qemu/{name}-console.log",
+            ):
+                if os.path.exists(path):
+                    os.unlink(path)
+            removed.append(name)
+        if removed:
+            for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+                pool.refresh(0)
+    finally:
+        conn.close()
+    return removed
 
 
 class TestBed:
