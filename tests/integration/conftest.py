@@ -11,7 +11,6 @@ import pytest
 
 from tests.testbed.ansible import LOCALHOST, ROOT, run_playbook
 from tests.testbed.bed import TestBed, libvirt, remove_leftover_domains
-from tests.testbed.slotpool import SLOTS_DIR
 
 LIBVIRT_URI = os.environ.get("BVT_LIBVIRT_URI", "qemu:///system")
 
@@ -28,7 +27,7 @@ def libvirt_uri() -> str:
         result = run_playbook(playbook, inventory=LOCALHOST, extravars=_hypervisor_vars())
         assert result.rc == 0, "playbooks/hypervisors.yml failed:\n" + result.stdout[-4000:]
     assert _libvirtd_answers(), f"libvirtd does not answer on {LIBVIRT_URI}"
-    leftovers = remove_leftover_domains(LIBVIRT_URI, SLOTS_DIR)
+    leftovers = remove_leftover_domains(LIBVIRT_URI)
     if leftovers:
         warnings.warn("removed test domains an interrupted earlier run left: " + ", ".join(leftovers), stacklevel=1)
     return LIBVIRT_URI

@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from typing import Callable, List, Optional
 
+from tests.testbed.slotpool import SLOTS_DIR, SLOTS_POOL
+
 try:
     import libvirt
 except ImportError:  # unit-only environments
@@ -31,36 +33,20 @@ if libvirt is not None:
 TEST_DOMAIN = re.compile(r"^bvt-?[a-z0-9-]*?[0-9a-f]{6}[a-z]?(-slot-[0-9]+)?$")
 
 
-def remove_leftover_domains(uri: str, volume_dir: str) -> List[str]:
-    """Remove the domains (and their overlay, seed ISO and console log) that an earlier test
-    run killed before its cleanup left behind, e.g. a CI job stopped at its time limit on a
-    machine that runs the next job too. A leftover slot keeps its address and SSH port, which
-    the slot module rightly refuses to give a new slot. Returns the names removed. Run one
-    integration session per machine at a time: this would remove a running session's domains."""
-    conn = libvirt.open(uri)
-    removed = []
-    try:
-        for dom in conn.listAllDomains(0):
-            name = dom.name()
-            if not TEST_DOMAIN.match(name):
-                continue
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-            for path in (
-                os.path.join(volume_dir, f"{name}.qcow2"),
-                os.path.join(volume_dir, f"{name}-seed.iso"),
-                f"/var/log/libvirt/qemu/{name}-console.log",
-            ):
-                if os.path.exists(path):
-                    os.unlink(path)
-            removed.append(name)
-        if removed:
-            for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-                pool.refresh(0)
-    finally:
-        conn.close()
-    return removed
+def remove_leftover_domains(uri: str) -> List[str]:
+    """Remove the test slots (domain, overlay, seed ISO, console log) that an earlier run killed
+    before its cleanup left behind, e.g. a CI job stopped at its time limit on a machine that runs
+    the next job too: a leftover slot keeps its address and SSH port, which the slot module rightly
+    refuses to give a new slot. Returns the names removed. Run one integration session per
+    machine at a time: this would remove a running session's slots."""
+    bed = TestBed(uri)
+    names = [d.name() for d in bed.conn.listAllDomains(0) if TEST_DOMAIN.match(d.name())]
+    for name in names:
+        bed.slot(name)
+    errors = bed.close()
+    if errors:
+        raise RuntimeError(f"could not remove the leftover test slots {names}: {errors}")
+    return names
 
 
 class TestBed:
@@ -104,6 +90,21 @@ class TestBed:
 
         self._cleanups.append(remove)
         return name
+
+    def slot(self, name: str) -> str:
+        """A slot in the slots pool: its domain, overlay, seed ISO and console log."""
+
+        def refresh() -> None:
+            try:
+                self.conn.storagePoolLookupByName(SLOTS_POOL).refresh(0)
+            except libvirt.libvirtError:
+                pass
+
+        self.path(os.path.join(SLOTS_DIR, f"{name}.qcow2"))
+        self.path(os.path.join(SLOTS_DIR, f"{name}-seed.iso"))
+        self.path(f"/var/log/libvirt/qemu/{name}-console.log")
+        self.cleanup(refresh)
+        return self.domain(name)
 
     def pool(self, name: str) -> str:
         def remove() -> None:

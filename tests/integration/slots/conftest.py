@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.slots import tinyguest
 from tests.testbed.bed import libvirt
-from tests.testbed.slotpool import SLOTS_DIR, SLOTS_POOL, ensure_slots_pool
+from tests.testbed.slotpool import SLOTS_DIR, ensure_slots_pool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SLOT_PLAYBOOK = os.path.join(HERE, "playbooks", "slot.yml")
@@ -41,19 +41,7 @@ def slot_files(name: str) -> list:
 
 def register_slot(testbed, name: str) -> str:
     """Remove a slot's domain, volumes and console log after the test, whatever happened."""
-    testbed.path(os.path.join(SLOTS_DIR, f"{name}.qcow2"))
-    testbed.path(os.path.join(SLOTS_DIR, f"{name}-seed.iso"))
-    testbed.path(f"/var/log/libvirt/qemu/{name}-console.log")
-    testbed.cleanup(lambda: _refresh(testbed))
-    testbed.domain(name)
-    return name
-
-
-def _refresh(testbed) -> None:
-    try:
-        testbed.conn.storagePoolLookupByName(SLOTS_POOL).refresh(0)
-    except libvirt.libvirtError:
-        pass
+    return testbed.slot(name)
 
 
 def wait_for_console(name: str, marker: str, timeout: float = 90) -> str:
